@@ -73,3 +73,25 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def record_key(r: dict[str, Any]) -> tuple:
+    """What a record measures: (variant, stage, seed, epoch, timing setting). Later records of a key win."""
+    return (r.get("variant"), r.get("stage"), r.get("seed"), r.get("epoch"), r.get("mode"),
+            r.get("batch_size") if r.get("stage") == "timing" else None, r.get("dtype"), r.get("channels_last"),
+            r.get("compile"))
+
+
+def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the latest record of each key (a retried run replaces its earlier error record).
+
+    Args:
+        records: all records in file order.
+
+    Returns:
+        One record per `record_key`, the last written, in order of first appearance.
+    """
+    latest: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        latest[record_key(r)] = r
+    return list(latest.values())

@@ -1,0 +1,350 @@
+"""Typed, frozen suite configuration: defaults live here, YAML and `--set key=value` override them.
+
+Every user mistake (unknown key, wrong type, value out of range, bad YAML, unreadable file) becomes one
+`ConfigError` whose message names the key path, the bad value and what is allowed; the CLI turns it into exit
+code 2. No torch import here, so `list` and the report stay light.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGES = ("profile", "timing", "train")
+PRESETS = ("nin_cifar", "nin_d2l")  # kept equal to models.REGISTRY by tests/test_config.py
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error (one line: key path, value, what is allowed)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelSettings(_Section):
+    """Architecture axes passed to `build_model` (see its docstring for their meaning)."""
+
+    preset: Literal["nin_cifar", "nin_d2l"] = "nin_cifar"
+    n_1x1: int = Field(2, ge=0, le=3)
+    head: Literal["gap", "fc"] = "gap"
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    width: float = Field(1.0, gt=0.0, le=8.0)
+    batchnorm: bool = False
+    fc_hidden: list[int] | None = None
+    init: Literal["kaiming", "xavier", "default"] = "kaiming"
+
+    @field_validator("fc_hidden")
+    @classmethod
+    def _positive_hidden(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(h < 1 for h in v):
+            raise ValueError("every fc_hidden entry must be a positive integer")
+        return v
+
+
+class DataSettings(_Section):
+    """Which data set, at which input size, found where."""
+
+    dataset: Literal["cifar10", "fashion_mnist", "imagefolder"] = "cifar10"
+    input_size: int | None = Field(None, ge=8, le=1024)  # None: the data set's native size
+    root: str | None = None  # None: env NIN_BENCH_DATA, then the user cache dir
+    download: bool = False
+    path: str | None = None  # imagefolder only
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_path(self) -> "DataSettings":
+        if self.dataset == "imagefolder" and not self.path:
+            raise ValueError("dataset 'imagefolder' needs data.path (a folder with train/<class>/ and test/<class>/)")
+        return self
+
+
+class ProfileSettings(_Section):
+    """Parameter and FLOP counting (always at batch 1, per image)."""
+
+    backward: bool = True  # also count forward+backward FLOPs
+
+
+class TimingSettings(_Section):
+    """Throughput sweep: every mode x batch size x dtype x channels_last x compile."""
+
+    modes: list[Literal["forward", "train_step"]] = ["forward", "train_step"]
+    batch_sizes: list[int] = [1, 32, 128]
+    reference_batch_size: int = 128  # the batch the summary and report quote
+    dtypes: list[Literal["fp32", "bf16", "fp16"]] = ["fp32"]
+    channels_last: list[bool] = [True]
+    compile: list[bool] = [False]
+    warmup: int = Field(5, ge=0)
+    repeats: int = Field(20, ge=3)
+    threads: int | None = Field(None, ge=1)  # None: all cores
+
+    @model_validator(mode="after")
+    def _check(self) -> "TimingSettings":
+        for key in ("modes", "batch_sizes", "dtypes", "channels_last", "compile"):
+            if not getattr(self, key):
+                raise ValueError(f"timing.{key} must not be empty")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"timing.batch_sizes must be positive integers, got {self.batch_sizes}")
+        if self.reference_batch_size not in self.batch_sizes:
+            raise ValueError(
+                f"timing.reference_batch_size {self.reference_batch_size} must be one of "
+                f"timing.batch_sizes {self.batch_sizes}"
+            )
+        return self
+
+
+class TrainSettings(_Section):
+    """The training protocol (the paper's: SGD with momentum, step decay; faster schedules offered)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0.0)  # peak learning rate
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["onecycle", "cosine", "step"] = "onecycle"
+    step_milestones: list[float] = [0.5, 0.75]  # fractions of the epochs: the paper's lr / 10 twice
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    augment: Literal["auto", "none", "flip", "crop", "crop_flip"] = "auto"
+    subset: int | None = Field(None, ge=10)  # training images used (after the validation hold-out)
+    val_size: int = Field(5000, ge=0)
+    eval_batch_size: int = Field(1000, ge=1)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False
+    time_to_acc: list[float] = [0.8, 0.85, 0.9]
+    eval_every: int = Field(1, ge=1)
+
+    @field_validator("step_milestones", "time_to_acc")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < x < 1.0 for x in v):
+            raise ValueError(f"entries must lie strictly between 0 and 1, got {v}")
+        return v
+
+
+class ReportSettings(_Section):
+    """How the report compares variants."""
+
+    baseline: dict[str, Any] = {}  # dotted grid keys -> value; empty: the first grid point
+
+
+class SuiteConfig(_Section):
+    """One ablation suite: base settings, a grid over dotted keys, seeds, stages, protocol overrides."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seeds: list[int] = [0]
+    stages: list[str] = list(STAGES)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    grid: dict[str, list[Any]]
+    profile: ProfileSettings = ProfileSettings()
+    timing: TimingSettings = TimingSettings()
+    train: TrainSettings = TrainSettings()
+    report: ReportSettings = ReportSettings()
+    cpu: dict[str, Any] = {}  # dotted overrides for a machine without CUDA (unless --full)
+    gpu: dict[str, Any] = {}  # dotted overrides when training on CUDA
+    quick: dict[str, Any] = {}  # dotted overrides for --quick, on top of the built-in smoke settings
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError(f"seeds must be a non-empty list of distinct non-negative integers, got {v}")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in STAGES]
+        if bad or not v:
+            raise ValueError(f"unknown stage {bad[0] if bad else '(none given)'!r}; allowed: {', '.join(STAGES)}")
+        return [s for s in STAGES if s in v]  # canonical order: profile, timing, train
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not v:
+            raise ValueError("grid is empty: give at least one dotted key with a list of values, "
+                             "e.g. grid: {model.n_1x1: [0, 1, 2]}")
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"grid.{key} is an empty list; give at least one value")
+        return v
+
+
+# ---- loading, overrides, protocol ------------------------------------------------------------------------
+
+_DOTTED_DICTS = ("grid", "cpu", "gpu", "quick")  # sections whose keys are themselves dotted paths
+_OVERRIDABLE = ("model", "data", "train", "timing", "profile")  # what grid / protocol blocks may change
+
+# --quick: a smoke run of every stage (seconds per variant, not minutes), applied after the cpu/gpu block.
+QUICK_DEFAULTS: dict[str, Any] = {
+    "timing.warmup": 2,
+    "timing.repeats": 5,
+    "train.epochs": 1,
+    "train.subset": 2000,
+    "train.val_size": 1000,
+}
+
+
+def _fail(err: ValidationError, context: str = "") -> ConfigError:
+    """Turn the first pydantic error into one readable line naming the key path (and its context)."""
+    e = err.errors()[0]
+    path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+    if e["type"] == "extra_forbidden":
+        msg = f"unknown key {path!r}; allowed here: {', '.join(_allowed_keys(e['loc']))}"
+    elif e["type"] == "missing":
+        msg = f"missing required key {path!r}"
+    else:
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        text = e["msg"].removeprefix("Value error, ")
+        msg = f"{path}: {text}{got}" if path else f"{text}{got}"
+    return ConfigError(f"{context}: {msg}" if context else msg)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    cls: type[BaseModel] = SuiteConfig
+    for part in loc[:-1]:
+        ann = cls.model_fields.get(str(part))
+        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+            return []
+        cls = ann.annotation
+    return sorted(cls.model_fields)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key` (dotted) in a raw config dict; inside grid/cpu/gpu/quick the rest of the key is one entry.
+
+    Args:
+        raw: the YAML mapping, modified in place.
+        key: e.g. "model.n_1x1", "grid.model.n_1x1", "train.epochs".
+        value: the new value.
+    """
+    parts = key.split(".")
+    split = 2 if parts[:2] == ["report", "baseline"] else 1 if parts[0] in _DOTTED_DICTS else 0
+    if split and len(parts) > split:
+        parts = parts[:split] + [".".join(parts[split:])]
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[:i + 1])} is {nxt!r}, not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse one `--set key=value`; the value is read as YAML (so 2 is an int, [0,1] a list, true a bool)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({exc.__class__.__name__})") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every file or syntax problem into a ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.__class__.__name__}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, grid, ...), got {type(raw).__name__}")
+    return raw
+
+
+def validate(raw: dict[str, Any], where: str = "") -> SuiteConfig:
+    """Validate a raw mapping, every grid point and every override block included."""
+    try:
+        cfg = SuiteConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _fail(err, where) from None
+    for block in ("cpu", "gpu", "quick", "grid"):
+        for key in getattr(cfg, block):
+            head = key.split(".")[0]
+            if head not in _OVERRIDABLE and not (block != "grid" and key == "seeds"):
+                raise ConfigError(f"{block}.{key}: cannot be overridden here; keys must start with "
+                                  f"{', '.join(_OVERRIDABLE)}" + ("" if block == "grid" else " (or be 'seeds')"))
+    for key, values in cfg.grid.items():
+        for value in values:
+            apply_overrides(cfg, {key: value}, where=f"grid.{key}")
+    for block in ("cpu", "gpu", "quick"):
+        apply_overrides(cfg, getattr(cfg, block), where=block)
+    return cfg
+
+
+def apply_overrides(cfg: SuiteConfig, overrides: dict[str, Any], where: str = "") -> SuiteConfig:
+    """Return a copy of `cfg` with dotted overrides applied and validated."""
+    if not overrides:
+        return cfg
+    raw = cfg.model_dump()
+    for key, value in overrides.items():
+        set_dotted(raw, key, copy.deepcopy(value))
+    try:
+        return SuiteConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _fail(err, where) from None
+
+
+def load_config(path: Path, sets: list[str] = ()) -> SuiteConfig:
+    """Read, override (`--set`) and validate a suite YAML.
+
+    Args:
+        path: the YAML file.
+        sets: `key=value` strings from the command line, applied in order.
+
+    Returns:
+        The validated, frozen config (protocol blocks not yet applied: see `resolve_protocol`).
+    """
+    raw = read_yaml(Path(path))
+    for item in sets:
+        set_dotted(raw, *parse_set(item))
+    return validate(raw)
+
+
+def resolve_protocol(cfg: SuiteConfig, *, cuda: bool, quick: bool = False, full: bool = False) -> tuple[SuiteConfig, str, str]:
+    """Pick the device and protocol and apply the matching override blocks.
+
+    Args:
+        cfg: a validated config.
+        cuda: whether a CUDA device is usable here.
+        quick: the smoke protocol (`--quick`).
+        full: on a CPU-only machine, run the YAML's full protocol instead of its `cpu:` block (`--full`).
+
+    Returns:
+        (config with overrides applied, protocol name: "gpu" | "cpu" | "full" | "quick", device: "cuda" | "cpu").
+    """
+    if cfg.device == "cuda" and not cuda:
+        raise ConfigError("device: cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    device = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and cuda)) else "cpu"
+    if device == "cuda":
+        cfg, protocol = apply_overrides(cfg, cfg.gpu, "gpu"), "gpu"
+    elif full:
+        protocol = "full"
+    else:
+        cfg, protocol = apply_overrides(cfg, cfg.cpu, "cpu"), "cpu"
+    if quick:
+        shrink = dict(QUICK_DEFAULTS)
+        sizes = cfg.timing.batch_sizes
+        shrink["timing.batch_sizes"] = sorted({min(sizes), cfg.timing.reference_batch_size})
+        shrink["seeds"] = cfg.seeds[:1]
+        cfg, protocol = apply_overrides(cfg, {**shrink, **cfg.quick}, "quick"), "quick"
+    return cfg.model_copy(update={"device": device}), protocol, device

@@ -1,0 +1,88 @@
+"""Expand a suite's grid into variants, each with a readable deterministic id and its flat axis columns."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from nin_bench.config import ConfigError, SuiteConfig, apply_overrides
+
+# Native size, channels and classes of the built-in data sets (imagefolder is read from the data).
+DATASETS: dict[str, tuple[int, int, int]] = {"cifar10": (3, 32, 10), "fashion_mnist": (1, 28, 10)}
+# nin_d2l is the d2l book's 224x224 model: d2l resizes Fashion-MNIST to 224, so do we by default.
+PRESET_INPUT = {"nin_d2l": 224}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One grid point: the config with its grid values applied, and its id."""
+
+    id: str
+    config: SuiteConfig
+    grid_values: tuple[tuple[str, Any], ...]
+
+    def axes(self, in_channels: int, input_size: int, num_classes: int) -> dict[str, Any]:
+        """The flat axis columns every record of this variant carries."""
+        m, d = self.config.model, self.config.data
+        cols = {
+            "variant": self.id, "preset": m.preset, "n_1x1": m.n_1x1, "head": m.head, "dropout": m.dropout,
+            "width": m.width, "batchnorm": m.batchnorm, "fc_hidden": _hidden_text(m.fc_hidden), "init": m.init,
+            "dataset": d.dataset, "in_channels": in_channels, "input_size": input_size, "num_classes": num_classes,
+        }
+        for key, value in self.grid_values:  # grid keys outside the model/data axes, e.g. train.lr
+            cols.setdefault(key.split(".")[-1], value)
+        return cols
+
+
+def _hidden_text(hidden: list[int] | None) -> str | None:
+    return None if hidden is None else "x".join(str(h) for h in hidden) or "none"
+
+
+def input_size_of(cfg: SuiteConfig) -> int | None:
+    """The input side the model sees: data.input_size, else the preset's own (224 for nin_d2l), else native."""
+    return cfg.data.input_size or PRESET_INPUT.get(cfg.model.preset)
+
+
+def variant_id(cfg: SuiteConfig, grid_values: tuple[tuple[str, Any], ...]) -> str:
+    """A readable id, e.g. `nin_cifar-n1x1_2-gap-do0.5-cifar10`; non-default axes are appended.
+
+    Args:
+        cfg: the variant's config (grid values applied).
+        grid_values: (dotted key, value) of this grid point, to name axes the fixed parts do not.
+    """
+    m, d = cfg.model, cfg.data
+    parts = [m.preset, f"n1x1_{m.n_1x1}", m.head, f"do{m.dropout:g}", d.dataset]
+    if m.width != 1.0:
+        parts.append(f"w{m.width:g}")
+    if m.batchnorm:
+        parts.append("bn")
+    if m.fc_hidden is not None:
+        parts.append(f"fc{_hidden_text(m.fc_hidden)}")
+    if d.input_size is not None:
+        parts.append(f"in{d.input_size}")
+    named = {"model.preset", "model.n_1x1", "model.head", "model.dropout", "data.dataset", "model.width",
+             "model.batchnorm", "model.fc_hidden", "data.input_size"}
+    for key, value in grid_values:
+        if key not in named:
+            parts.append(f"{key.split('.')[-1]}{value}")
+    return "-".join(str(p) for p in parts)
+
+
+def expand_grid(cfg: SuiteConfig) -> list[Variant]:
+    """The cartesian product of the grid, in YAML order (last key varies fastest).
+
+    Raises:
+        ConfigError: two grid points map to the same id (e.g. a grid over a key with duplicate values).
+    """
+    keys = list(cfg.grid)
+    variants = []
+    for combo in itertools.product(*(cfg.grid[k] for k in keys)):
+        values = tuple(zip(keys, combo))
+        vcfg = apply_overrides(cfg, dict(values), where="grid")
+        variants.append(Variant(variant_id(vcfg, values), vcfg, values))
+    ids = [v.id for v in variants]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"grid gives duplicate variants {dupes}: remove repeated values from the grid")
+    return variants
+
