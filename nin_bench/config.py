@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from nin_bench.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGES = ("profile", "timing", "train")
 PRESETS = ("nin_cifar", "nin_d2l")  # kept equal to models.REGISTRY by tests/test_config.py
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user-facing configuration error (one line: key path, value, what is allowed)."""
 
 

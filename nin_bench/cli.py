@@ -1,0 +1,110 @@
+"""Command line: parse arguments, call one library function, map user errors to exit code 2.
+
+    python -m nin_bench run CONFIG [--out DIR] [--stages profile,timing] [--set k=v]... [--device auto|cpu|cuda]
+                                   [--quick] [--full] [--no-progress]
+    python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full]
+    python -m nin_bench inspect PRESET|CONFIG [--set k=v]...
+    python -m nin_bench report DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nin_bench.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nin_bench", description="Network in Network ablation and benchmark suite.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="profile, time and train every variant of a suite YAML")
+    run.add_argument("config", type=Path)
+    run.add_argument("--out", type=Path, help="results folder (default: results/<name>)")
+    run.add_argument("--stages", help="comma-separated subset of profile,timing,train (default: the YAML's)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the YAML's device")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for cmd in (run, sub.add_parser("list", help="print the expanded grid (no work)")):
+        cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        cmd.add_argument("--quick", action="store_true", help="smoke protocol: 1 epoch, small subset, few repeats")
+        cmd.add_argument("--full", action="store_true", help="on a CPU-only machine, run the YAML's full protocol")
+    lst = sub.choices["list"]
+    lst.add_argument("config", type=Path)
+    ins = sub.add_parser("inspect", help="per-layer table (output shape, params, MACs) of a preset or a config")
+    ins.add_argument("target", help="a preset name (nin_cifar, nin_d2l) or a suite YAML")
+    ins.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    rep = sub.add_parser("report", help="(re)build report.md/html, tables and figures from stored records")
+    rep.add_argument("results_dir", type=Path)
+    return p
+
+
+def _resolved(args: argparse.Namespace):
+    """Load the YAML with --set/--stages/--device applied, then the protocol blocks."""
+    from nin_bench.config import load_config, resolve_protocol
+
+    sets = list(args.set)
+    if getattr(args, "stages", None):
+        sets.append(f"stages=[{args.stages}]")
+    if getattr(args, "device", None):
+        sets.append(f"device={args.device}")
+    cfg = load_config(args.config, sets)
+    import torch
+
+    return resolve_protocol(cfg, cuda=torch.cuda.is_available(), quick=args.quick, full=args.full)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nin_bench.runner import run_suite
+
+    cfg, protocol, _ = _resolved(args)
+    out = args.out or Path("results") / cfg.name
+    run_suite(cfg, out, protocol=protocol, progress=not args.no_progress)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from nin_bench.variants import expand_grid, input_size_of
+
+    cfg, protocol, device = _resolved(args)
+    variants = expand_grid(cfg)
+    print(f"{cfg.name}: {len(variants)} variants x seeds {list(cfg.seeds)}; stages {', '.join(cfg.stages)}; "
+          f"{protocol} protocol on {device}")
+    for v in variants:
+        m, t = v.config.model, v.config.train
+        print(f"  {v.id:<58} width={m.width:g} bn={m.batchnorm} input={input_size_of(v.config) or 'native'} "
+              f"epochs={t.epochs} subset={t.subset or 'all'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from nin_bench.inspect import inspect_target
+
+    print(inspect_target(args.target, args.set))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nin_bench.report import build_report
+    from nin_bench.summary import write_summary
+
+    if not (args.results_dir / "records.jsonl").exists():
+        raise FileNotFoundError(f"no records.jsonl in {args.results_dir}: run `python -m nin_bench run CONFIG` first")
+    write_summary(args.results_dir)
+    print(build_report(args.results_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m nin_bench` and the `nin-bench` script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "list": cmd_list, "inspect": cmd_inspect, "report": cmd_report}[args.command]
+    try:
+        return handler(args)
+    except (UserError, FileNotFoundError) as exc:  # bad config, missing data: one line, no traceback
+        print(f"nin_bench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished units are recorded; run the same command again to resume", file=sys.stderr)
+        return 130
