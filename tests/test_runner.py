@@ -1,0 +1,106 @@
+"""The runner end to end: records, summary, manifest, resume, superseding foreign results, error rows."""
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from nin_bench.config import resolve_protocol, validate
+from nin_bench.records import read_records
+from nin_bench.runner import run_suite
+
+SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3}
+
+
+def _suite(**extra):
+    raw = {"name": "t", "model": {"width": 0.125}, "stages": ["profile", "timing"], "timing": SMALL_TIMING,
+           "grid": {"data.dataset": ["cifar10", "fashion_mnist"], "model.n_1x1": [0, 2]}, **extra}
+    cfg, protocol, _ = resolve_protocol(validate(raw), cuda=False)
+    return cfg, protocol
+
+
+def _run(cfg, protocol, out):
+    logs = []
+    run_suite(cfg, out, protocol=protocol, progress=False, log=logs.append)
+    return logs
+
+
+def test_profile_timing_run_writes_every_file_and_resumes(tmp_path):
+    cfg, protocol = _suite()
+    _run(cfg, protocol, tmp_path)
+    for name in ("records.jsonl", "summary.csv", "config.resolved.yaml", "manifest.json", "report.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    records = read_records(tmp_path)
+    assert sum(r["stage"] == "profile" for r in records) == 4
+    assert sum(r["stage"] == "timing" for r in records) == 4 * 2 * 2  # variants x modes x batch sizes
+    assert all(r["status"] == "ok" and r["protocol"] == "cpu" for r in records)
+    timing = [r for r in records if r["stage"] == "timing"]
+    assert all(r["mfu"] > 0 and r["ms_p25"] <= r["ms_median"] <= r["ms_p75"] for r in timing)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 4 and summary["batch_size"].eq(4).all()
+    assert summary["fwd_img_per_s"].gt(0).all() and summary["train_img_per_s"].gt(0).all()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["threads"] >= 1 and manifest["torch_version"] and manifest["peak_tflops"]["fp32"] > 0
+
+    logs = _run(cfg, protocol, tmp_path)  # resume: nothing left to do
+    assert "0 units to run" in logs[0]
+    assert len(read_records(tmp_path)) == len(records)
+
+
+def test_foreign_or_changed_results_are_superseded_not_resumed(tmp_path):
+    cfg, protocol = _suite(stages=["profile"])
+    _run(cfg, protocol, tmp_path)
+    (tmp_path / ".cache" / "state.json").unlink()  # as on a fresh clone of committed results
+    logs = _run(cfg, protocol, tmp_path)
+    assert "measuring afresh" in logs[0] and "4 units to run" in logs[1]
+    assert len(read_records(tmp_path)) == 4
+    superseded = list((tmp_path / ".cache").glob("superseded-*/records.jsonl"))
+    assert len(superseded) == 1
+
+    cfg2, _ = _suite(stages=["profile"], model={"width": 0.25})  # another config: another measurement
+    logs = _run(cfg2, protocol, tmp_path)
+    assert "another config or protocol" in logs[0]
+
+
+def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import nin_bench.runner as runner
+
+    real = runner.run_profile
+
+    def flaky(variant, ctx):
+        if variant.config.model.n_1x1 == 0:
+            raise RuntimeError("planted failure")
+        return real(variant, ctx)
+
+    monkeypatch.setattr(runner, "run_profile", flaky)
+    cfg, protocol = _suite(stages=["profile"])
+    _run(cfg, protocol, tmp_path)
+    records = read_records(tmp_path)
+    errors = [r for r in records if r["status"] == "error"]
+    assert len(errors) == 2 and all("planted failure" in r["error"] for r in errors)
+    monkeypatch.setattr(runner, "run_profile", real)  # the retry succeeds and replaces the error rows
+    logs = _run(cfg, protocol, tmp_path)
+    assert "2 units to run" in logs[0]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["params"].notna().all()
+
+
+@pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (CI: ../shared/data)")
+def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
+    cfg, protocol = _suite(
+        stages=["profile", "timing", "train"], seeds=[0], grid={"model.n_1x1": [2]},
+        data={"dataset": "fashion_mnist"}, model={"width": 0.25, "batchnorm": True},
+        train={"epochs": 1, "subset": 3000, "val_size": 1000, "batch_size": 64, "lr": 0.05},
+        timing={**SMALL_TIMING, "batch_sizes": [1, 64], "reference_batch_size": 64},
+    )
+    _run(cfg, protocol, tmp_path)
+    records = read_records(tmp_path)
+    final = [r for r in records if r["stage"] == "train"]
+    assert len(final) == 1 and final[0]["status"] == "ok", final
+    assert final[0]["test_acc"] > 0.5  # ten classes: chance is 0.1
+    assert 0 < final[0]["loop_efficiency"] < 3
+    assert final[0]["data_source"].startswith("Fashion-MNIST") and len(final[0]["data_sha256"]) == 64
+    assert (tmp_path / final[0]["maps_file"]).exists()
+    assert not list((tmp_path / ".cache" / "checkpoints").glob("*.pt"))  # finished runs drop their checkpoint
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary.loc[0, "test_acc"] == pytest.approx(final[0]["test_acc"])
