@@ -1,0 +1,107 @@
+"""Our CIFAR-10 errors beside the NiN paper's (Lin, Chen & Yan, ICLR 2014), for the settings the run covers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from nin_bench.report import fmt
+
+PAPER_PROTOCOL = ("Paper: full CIFAR-10 training set (50k; hyper-parameters tuned on its last 10k images), global "
+                  "contrast normalisation and ZCA whitening as in Maxout networks, SGD on mini-batches of 128 with the "
+                  "learning rate cut 10x whenever training accuracy stopped improving; augmentation (translation and "
+                  "horizontal flips) only in the 8.81 % row.")
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One reported CIFAR-10 test error and the axes of the model it belongs to.
+
+    Attributes:
+        source: where in the paper.
+        setting: the paper's wording.
+        error_pct: test error in percent.
+        head: "gap" or "fc".
+        dropout: whether dropout was on.
+        augment: whether the training data were augmented.
+    """
+
+    source: str
+    setting: str
+    error_pct: float
+    head: str
+    dropout: bool
+    augment: bool
+
+
+PAPER = [
+    PaperRow("Sec. 4.6, Table 5", "mlpconv + fully connected", 11.59, "fc", False, False),
+    PaperRow("Sec. 4.6, Table 5", "mlpconv + fully connected + dropout", 10.88, "fc", True, False),
+    PaperRow("Sec. 4.6, Table 5", "mlpconv + global average pooling (with dropout)", 10.41, "gap", True, False),
+    PaperRow("Sec. 4.2 / Fig. 4", "NIN without dropout", 14.51, "gap", False, False),
+    PaperRow("Sec. 4.2 / Fig. 4", "NIN with dropout", 10.41, "gap", True, False),
+    PaperRow("Table 1", "NIN + dropout + data augmentation", 8.81, "gap", True, True),
+]
+
+
+def _paper_model(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our variants with the paper's CIFAR-10 architecture: nin_cifar, two 1x1 convs, width 1, no BN, trained."""
+    s = summary
+    keep = (s["dataset"] == "cifar10") & (s["preset"] == "nin_cifar") & (s["n_1x1"] == 2) \
+        & s["test_acc"].notna()
+    if "width" in s:
+        keep &= s["width"].astype(float) == 1.0
+    if "batchnorm" in s:
+        keep &= ~s["batchnorm"].fillna(False).astype(bool)
+    return s[keep]
+
+
+def our_protocol(config: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """One sentence stating our training protocol and data source.
+
+    Args:
+        config: resolved config.
+        manifest: run manifest.
+
+    Returns:
+        e.g. "Ours: 10 epochs, batch 128, augmentation on, training subset 5000; data CIFAR-10 (...) sha256 ab12…".
+    """
+    tr = config.get("train") or {}
+    parts = [f"{tr.get('epochs', '?')} epochs", f"batch {tr.get('batch_size', '?')}",
+             f"augmentation {'on' if tr.get('augment') else 'off'}"]
+    subset = tr.get("subset") or (config.get("data") or {}).get("subset")
+    if subset:
+        parts.append(f"training subset {subset}")
+    src = ((manifest.get("data") or {}).get("cifar10")) or {}
+    data = f"; data: {src.get('source', 'cifar10')}" + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256")
+                                                        else "")
+    return f"Ours ({config.get('protocol', '?')} protocol): " + ", ".join(parts) + data + "."
+
+
+def paper_table(summary: pd.DataFrame, config: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Rows of the paper comparison for the paper settings our variants cover.
+
+    Args:
+        summary: one row per variant (`test_acc`, `test_acc_std`, `n_seeds` and the axes).
+        config: resolved config (`train.augment`).
+
+    Returns:
+        (header, rows) of strings, or None when no trained variant matches a paper setting.
+    """
+    ours = _paper_model(summary)
+    if ours.empty:
+        return None
+    augment = bool((config.get("train") or {}).get("augment"))
+    header = ["Paper setting", "Source", "Paper error", "Our variant", "Our error (mean ± std)", "n",
+              "Augmentation (paper / ours)"]
+    rows = []
+    for pr in PAPER:
+        if pr.augment and not augment:
+            continue  # compare an augmented result only to an augmented run
+        match = ours[(ours["head"] == pr.head) & ((ours["dropout"].astype(float) > 0) == pr.dropout)]
+        for _, r in match.iterrows():
+            err = fmt.acc_pm(1 - r["test_acc"], r["test_acc_std"])
+            rows.append([pr.setting, pr.source, f"{pr.error_pct:.2f} %", str(r["variant"]), err,
+                         str(int(r["n_seeds"])), f"{'yes' if pr.augment else 'no'} / {'yes' if augment else 'no'}"])
+    return (header, rows) if rows else None

@@ -1,0 +1,137 @@
+"""Assemble the report of a results folder: report.md, report.html, tables.csv, tables.tex, figures/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from nin_bench.records import write_atomic
+from nin_bench.report import maps, paper, plots, sections, tables
+from nin_bench.report.document import Doc, to_html, to_markdown
+from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
+
+FIG_DIR = "figures"
+
+
+def _labels(run: Run, with_dataset: bool = False) -> dict[str, str]:
+    """variant id -> short label; with_dataset appends the data set (for a figure that mixes data sets)."""
+    axes = grid_axes(run.config, run.summary)
+    many = with_dataset and run.summary["dataset"].nunique() > 1
+    return {r["variant"]: variant_label(r, axes) + (f" · {r['dataset']}" if many else "")
+            for _, r in run.summary.iterrows()}
+
+
+def _result_tables(doc: Doc, run: Run, table: pd.DataFrame) -> str:
+    """Add one table per data set to the document; return the LaTeX of all of them."""
+    ref = run.reference_batch_size
+    dtype = run.summary["dtype"].dropna().iloc[0] if run.summary["dtype"].notna().any() else "?"
+    tex = []
+    doc.h(2, "Results per data set")
+    for ds, t in table.groupby("dataset", sort=False):
+        header, rows = tables.display_table(t, ref)
+        doc.h(3, str(ds))
+        doc.table(header, rows)
+        doc.p(sections.table_note(t, ref, dtype))
+        tex.append(tables.latex(header, rows, f"NiN variants on {ds}", f"tab:{ds}"))
+    return "\n".join(tex)
+
+
+def _figures(doc: Doc, run: Run, table: pd.DataFrame, figdir: Path) -> None:
+    """Draw every figure the data allow and add each with its caption line."""
+    labels = _labels(run)
+    ref = run.reference_batch_size
+    figs = [
+        (plots.accuracy_vs_cost(table, figdir),
+         "Test accuracy (%) vs parameters and vs MACs per image (log x). Error bars: ±1 std over seeds; dashed "
+         "step line and open circles: Pareto frontier (no other variant is both cheaper and more accurate)."),
+        (plots.throughput_vs_batch(run.stage("timing"), labels, figdir),
+         f"Throughput (img/s, log) vs batch size (log) for the forward pass (eval, inference mode) and the full "
+         f"train step (forward, loss, backward, SGD step); medians of timed iterations. Tables use batch {ref}."),
+        (plots.learning_curves(run.stage("train_epoch"), labels, figdir),
+         "Learning curves: validation accuracy (%) and train loss (cross-entropy) per epoch; line = mean over "
+         "seeds, band = ±1 std over seeds."),
+        (plots.size_by_block(run.stage("profile"), _labels(run, with_dataset=True), figdir),
+         "Where the parameters and MACs live: stacked per mlpconv block and the head (millions). "
+         + sections.head_share(run.stage("profile"), run.summary)),
+    ]
+    bases = baselines(run.summary, run.config)
+    gap = maps.gap_map_figures(run.stage("train"), run.summary, bases, run.results_dir, figdir)
+    if any(png is not None for png, _ in figs) or gap:
+        doc.h(2, "Figures")
+    for png, caption in figs:
+        if png is not None:
+            doc.fig(png, caption)
+    for ds, variant, png in gap:
+        doc.fig(png, f"GAP class-confidence maps, {ds}, variant {variant}: one test image per class (rows) and "
+                     "the last block's map for each class (columns), each row scaled to its own maximum; the true "
+                     "class is framed green (a wrong prediction's map dashed cyan), the prediction named at left. "
+                     "Bright = high confidence for that class "
+                     "at that position.")
+
+
+def _paper_section(doc: Doc, run: Run) -> None:
+    """Add the NiN paper comparison when our variants cover one of its CIFAR-10 settings."""
+    found = paper.paper_table(run.summary, run.config)
+    if found is None:
+        return
+    doc.h(2, "Comparison with the NiN paper (CIFAR-10 test error)")
+    doc.table(*found)
+    doc.p(paper.our_protocol(run.config, run.manifest) + " " + paper.PAPER_PROTOCOL)
+
+
+def build_document(run: Run, figdir: Path) -> tuple[Doc, pd.DataFrame, str]:
+    """Build the report's content.
+
+    Args:
+        run: the loaded results folder.
+        figdir: where figures go.
+
+    Returns:
+        (document, full-precision table, LaTeX tables).
+    """
+    table = tables.results_table(run)
+    doc = Doc(f"{run.config.get('name', run.results_dir.name)}: NiN benchmark report")
+    doc.p(f"**Question.** {run.config.get('description', '(no description in the config)')}")
+    doc.h(2, "Answer")
+    if table["test_acc_mean"].notna().any():
+        for ds, t in table.groupby("dataset", sort=False):
+            doc.p(sections.answer_for(str(ds), t))
+    else:
+        doc.p(sections.size_answer(table))
+    doc.h(2, "What was run")
+    doc.ul(sections.what_was_run(run))
+    tex = _result_tables(doc, run, table) if not table.empty else ""
+    _paper_section(doc, run)
+    _figures(doc, run, table, figdir)
+    doc.h(2, "Failed or diverged runs")
+    fails = sections.failures(run.summary)
+    if fails:
+        doc.ul(fails)
+    else:
+        doc.p("None: every recorded stage finished with status ok.")
+    doc.p("Files: `summary.csv` (one row per variant), `tables.csv` (these tables at full precision), "
+          "`tables.tex` (LaTeX, booktabs), `figures/` (PNG 150 dpi + SVG), `records.jsonl` (every measurement).")
+    return doc, table, tex
+
+
+def build_report(results_dir: Path) -> Path:
+    """Write report.md, report.html, tables.csv, tables.tex and figures/ for a results folder.
+
+    Reads only the stored records (never torch, never re-measures), so it can be re-run anywhere.
+
+    Args:
+        results_dir: a results folder (records.jsonl, config.resolved.yaml, manifest.json, maps/).
+
+    Returns:
+        Path of report.md.
+    """
+    results_dir = Path(results_dir)
+    run = load_run(results_dir)
+    figdir = results_dir / FIG_DIR
+    doc, table, tex = build_document(run, figdir)
+    write_atomic(results_dir / "tables.csv", table.to_csv(index=False))
+    write_atomic(results_dir / "tables.tex", "% \\usepackage{booktabs}\n" + tex)
+    write_atomic(results_dir / "report.html", to_html(doc))
+    md = results_dir / "report.md"
+    write_atomic(md, to_markdown(doc, results_dir))
+    return md

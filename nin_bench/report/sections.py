@@ -1,0 +1,188 @@
+"""Report text generated from the data: what was run, the answer, notes on tables, failures."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from nin_bench.report import fmt
+from nin_bench.report.load import Run
+
+VERSION_KEYS = ["nin_bench_version", "python_version", "torch_version", "torchvision_version", "fvcore_version",
+                "pandas_version"]
+
+
+def _peaks(manifest: dict[str, Any]) -> str:
+    """"fp32 0.21 TFLOP/s, bf16 1.3 TFLOP/s" from the manifest's matmul reference peaks."""
+    peaks = manifest.get("peak_tflops") or {}
+    return ", ".join(f"{k} {float(v):.3g} TFLOP/s" for k, v in peaks.items() if not fmt.missing(v)) or fmt.NA
+
+
+def what_was_run(run: Run) -> list[str]:
+    """Bullet items describing the run: protocol, device, MFU reference, versions, data, date, seeds, grid.
+
+    Args:
+        run: the loaded results folder.
+
+    Returns:
+        Markdown bullet texts.
+    """
+    c, m = run.config, run.manifest
+    tr, tm = c.get("train") or {}, c.get("timing") or {}
+    stages = c.get("stages") or sorted(s for s, df in run.stages.items() if not df.empty)
+    protocol = c.get("protocol") or m.get("protocol") or ", ".join(map(str, run.summary["protocol"].dropna().unique()))
+    items = [f"**Protocol:** {protocol or '?'}; stages {', '.join(map(str, stages))}; "
+             f"training {tr.get('epochs', '?')} epochs, batch {tr.get('batch_size', '?')}, lr {tr.get('lr', '?')} "
+             f"({tr.get('schedule', '?')}), augmentation {'on' if tr.get('augment') else 'off'}"
+             + (f", training subset {tr['subset']}" if tr.get("subset") else "") + "."]
+    items.append(f"**Device:** {m.get('device', c.get('device', '?'))} ({m.get('device_name', '?')}); CPU "
+                 f"{m.get('cpu_model', '?')}; {m.get('threads', '?')} threads. **MFU reference peak** (measured "
+                 f"large matmul): {_peaks(m)}.")
+    if tm:
+        keys = ["batch_sizes", "reference_batch_size", "dtype", "channels_last", "compile", "warmup", "repeats"]
+        items.append("**Timing:** " + ", ".join(f"{k} {tm[k]}" for k in keys if k in tm)
+                     + " (median per-iteration time reported).")
+    vers = ", ".join(f"{k.removesuffix('_version')} {m[k]}" for k in VERSION_KEYS if m.get(k))
+    dirty = " (uncommitted changes)" if m.get("git_dirty") else ""
+    items.append(f"**Versions:** {vers or fmt.NA}; git commit `{m.get('git_commit', '?')}`{dirty}.")
+    for ds, src in (m.get("data") or {}).items():
+        items.append(f"**Data {ds}:** {src.get('source', '?')}, sha256 `{src.get('sha256', '?')}`.")
+    items.append(f"**Date (UTC):** {m.get('date_utc', '?')}. **Seeds:** {c.get('seeds', '?')}.")
+    grid = "; ".join(f"`{k}` ∈ {v}" for k, v in (c.get("grid") or {}).items())
+    items.append(f"**Grid:** {grid or fmt.NA}; {len(run.variants)} variants.")
+    return items
+
+
+def _ratio(a: Any, b: Any) -> str:
+    """"1.23×" (a / b), or "–"."""
+    return fmt.NA if fmt.missing(a) or fmt.missing(b) or float(b) == 0 else f"{float(a) / float(b):.2f}×"
+
+
+def _cost(best: pd.Series, base: pd.Series) -> str:
+    """Cost sentence: params, MACs and train throughput of `best`, relative to `base`."""
+    s = (f"It has {fmt.params(best['params'])} params ({_ratio(best['params'], base['params'])} the baseline's), "
+         f"{fmt.macs(best['macs'])} MACs per image ({_ratio(best['macs'], base['macs'])})")
+    if not fmt.missing(best["train_img_per_s"]):
+        s += (f" and trains at {fmt.rate(best['train_img_per_s'])} img/s "
+              f"({_ratio(best['train_img_per_s'], base['train_img_per_s'])} the baseline's)")
+    return s + "."
+
+
+def _certainty(r: pd.Series) -> str:
+    """How sure the paired delta is: its CI and whether that excludes zero."""
+    n = 0 if fmt.missing(r["delta_n"]) else int(r["delta_n"])
+    if n < 2:
+        return f"paired over {n} seed{'s' if n != 1 else ''}, so no confidence interval"
+    ci = fmt.interval(r["delta_ci_lo"], r["delta_ci_hi"], signed=True, unit="pp")
+    sure = "excludes 0" if r["delta_ci_lo"] > 0 or r["delta_ci_hi"] < 0 else \
+        "includes 0, so these seeds do not resolve the difference"
+    return f"95 % CI {ci} over {n} paired seeds, which {sure}"
+
+
+def answer_for(ds: str, t: pd.DataFrame) -> str:
+    """The answer sentence(s) for one data set's full-precision table rows.
+
+    Args:
+        ds: data set name.
+        t: its rows of `tables.results_table`.
+
+    Returns:
+        Text naming the most accurate variant, its margin over the baseline with CI, and its cost.
+    """
+    trained = t[t["test_acc_mean"].notna()].sort_values("test_acc_mean", ascending=False)
+    if trained.empty:
+        return f"**{ds}:** no variant has a test accuracy yet."
+    best = trained.iloc[0]
+    acc = f"{fmt.acc_pm(best['test_acc_mean'], best['test_acc_std'])} (n = {int(best['n'])})"
+    bases = t[t["is_baseline"]]
+    if bases.empty or bases.iloc[0]["variant"] not in set(trained["variant"]):
+        return f"**{ds}:** best test accuracy: {best['label']}, {acc}; the baseline was not trained."
+    base = bases.iloc[0]
+    if best["is_baseline"]:
+        text = f"**{ds}:** the baseline {best['label']} has the best test accuracy, {acc}."
+        if len(trained) > 1:
+            nxt = trained.iloc[1]
+            text += f" Next is {nxt['label']} at {fmt.delta(nxt['delta_mean'])} ({_certainty(nxt)})."
+        return text
+    return (f"**{ds}:** {best['label']} has the best test accuracy, {acc}: {fmt.delta(best['delta_mean'])} over "
+            f"the baseline {base['label']} ({_certainty(best)}). " + _cost(best, base))
+
+
+def size_answer(t: pd.DataFrame) -> str:
+    """Answer for a run without training: the size (and speed) extremes.
+
+    Args:
+        t: `tables.results_table` rows.
+
+    Returns:
+        A sentence saying training has not run, with the smallest and largest variants.
+    """
+    text = "Training has not run for this results folder, so there is no accuracy answer yet."
+    s = t[t["params"].notna()]
+    if not s.empty:
+        lo, hi = s.loc[s["params"].astype(float).idxmin()], s.loc[s["params"].astype(float).idxmax()]
+        text += (f" Sizes range from {lo['variant']} ({fmt.params(lo['params'])} params, {fmt.macs(lo['macs'])} "
+                 f"MACs) to {hi['variant']} ({fmt.params(hi['params'])}, {fmt.macs(hi['macs'])}).")
+    f = t[t["train_img_per_s"].notna()]
+    if not f.empty:
+        top = f.loc[f["train_img_per_s"].astype(float).idxmax()]
+        text += f" The fastest train step is {top['variant']} at {fmt.rate(top['train_img_per_s'])} img/s."
+    return text
+
+
+def table_note(t: pd.DataFrame, ref_bs: int | None, dtype: Any) -> str:
+    """The explanation line under a data set's table (what the columns mean, single-seed caveat).
+
+    Args:
+        t: the data set's rows of `tables.results_table`.
+        ref_bs: reference batch size.
+        dtype: timing dtype reported.
+
+    Returns:
+        Text.
+    """
+    note = ("Params and MACs per image (fvcore, conv + linear multiply-adds); FLOPs fwd from "
+            "torch.utils.flop_counter. ")
+    if t[["fwd_img_per_s", "train_img_per_s"]].notna().any().any():
+        note += (f"Throughput at batch {ref_bs} in {dtype} (another batch is named where that one failed); MFU = "
+                 "achieved FLOP/s ÷ the measured matmul peak. ")
+    if t["test_acc_mean"].notna().any():
+        note += ("Test accuracy: mean ± std (ddof 1) over seeds; 95 % CI = mean ± t(0.975, n−1)·std/√n; "
+                 "Δ = paired difference to the baseline over the seeds both have, with its t-CI. ")
+        if (t["n"] == 1).any():
+            note += "Rows with n = 1 have a single seed: no spread, so their CI is n/a. "
+    else:
+        note += "**Training has not run** for this results folder: accuracy columns are omitted. "
+    return note.strip()
+
+
+def head_share(profile: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """The share of parameters in the head, per head type: "Head share of parameters: gap 0.0 %, fc 93.1 %."
+
+    Args:
+        profile: "profile" records (`params`, `params_head`).
+        summary: one row per variant (`head`).
+
+    Returns:
+        The sentence, or "" without per-group columns.
+    """
+    if profile.empty or "params_head" not in profile:
+        return ""
+    p = profile[profile["status"] == "ok"].drop_duplicates("variant")
+    share = (p["params_head"].astype(float) / p["params"].astype(float)).groupby(p["head"]).agg(["min", "max"])
+    parts = [f"{h} {fmt.pct(r['min'], 1)}" if r["max"] - r["min"] < 5e-4 else
+             f"{h} {fmt.pct(r['min'], 1)}–{fmt.pct(r['max'], 1)}" for h, r in share.iterrows()]
+    return "Head share of parameters: " + ", ".join(parts) + "."
+
+
+def failures(summary: pd.DataFrame) -> list[str]:
+    """Bullet items for variants with any failed or diverged record.
+
+    Args:
+        summary: one row per variant (`status` is "ok" or the failure text).
+
+    Returns:
+        "`variant`: failure text" per failing variant.
+    """
+    bad = summary[summary["status"] != "ok"]
+    return [f"`{r['variant']}`: {r['status']}" for _, r in bad.iterrows()]
