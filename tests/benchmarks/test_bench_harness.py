@@ -1,0 +1,41 @@
+"""Speed of the harness itself: the profile stage, loading a data set from the cache, building a report."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench_info import record
+from nin_bench.models import build_model
+from nin_bench.profile import profile_model
+
+
+def test_profile_stage(benchmark):
+    benchmark.group = "harness"
+    model = build_model("nin_cifar")
+    prof = benchmark(profile_model, model, (3, 32, 32))
+    assert prof["macs"] == 222_486_528 and prof["counts_agree"]
+    record(benchmark, params=prof["params"], macs=prof["macs"])
+
+
+@pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (CI: ../shared/data)")
+def test_load_from_cache(benchmark):
+    from nin_bench.data import load_dataset
+
+    benchmark.group = "harness"
+    load_dataset("fashion_mnist")  # decode once into the cache; the benchmark times warm loads
+    ds = benchmark(load_dataset, "fashion_mnist")
+    assert ds.train_x.shape == (60000, 1, 28, 28)
+    record(benchmark, images=len(ds.train_x) + len(ds.test_x))
+
+
+def test_report_generation(benchmark, tmp_path):
+    from synthetic_run import make_full_run
+
+    from nin_bench.report import build_report
+
+    benchmark.group = "harness"
+    root = make_full_run(tmp_path)
+    path = benchmark.pedantic(build_report, args=(root,), rounds=3, iterations=1)
+    assert path.exists() and "## Answer" in path.read_text()
+    record(benchmark)

@@ -1,0 +1,2 @@
+"""Shared test set-up. This folder is on sys.path (pytest's prepend import mode puts a conftest's folder
+there), so tests and benchmarks import helpers such as `synthetic_run` by module name."""
