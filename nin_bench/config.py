@@ -7,7 +7,6 @@ code 2. No torch import here, so `list` and the report stay light.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Literal
 

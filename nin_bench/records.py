@@ -89,9 +89,19 @@ def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         records: all records in file order.
 
     Returns:
-        One record per `record_key`, the last written, in order of first appearance.
+        One record per `record_key`, the last written, in order of first appearance; a unit's error record
+        is dropped when a later run of that unit succeeded.
     """
     latest: dict[tuple, dict[str, Any]] = {}
     for r in records:
         latest[record_key(r)] = r
-    return list(latest.values())
+    recovered = {unit_key(r) for r in latest.values() if r.get("status") != "error"}
+    # A whole-unit failure (no timing setting attached) is void once the unit later succeeded.
+    return [r for r in latest.values()
+            if not (r.get("status") == "error" and r.get("mode") is None and unit_key(r) in recovered)]
+
+
+def unit_key(r: dict[str, Any]) -> tuple:
+    """The unit of work a record belongs to: (variant, stage, seed); train_epoch rows count as train."""
+    stage = "train" if r.get("stage") == "train_epoch" else r.get("stage")
+    return (r.get("variant"), stage, r.get("seed"))
