@@ -1,0 +1,482 @@
+"""The train stage: SGD on a whole data set held as uint8 on the device, resumable, paired across variants.
+
+Design (issue 3): the data set lives on the device as uint8; each epoch a CPU generator seeded from (seed, epoch)
+draws the order and the augmentation, so every variant trained with one seed sees the same batches and crops
+(differences between variants are paired), and a resumed run replays exactly the same epochs. Batches are gathered
+by index, augmented, converted to float and normalised on the device. The hot loop never waits for the device:
+loss and correct counts accumulate in device tensors and are read once per epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from nin_bench import augment as aug
+from nin_bench.data import Dataset, channel_stats
+from nin_bench.schedule import build_scheduler
+from nin_bench.steps import train_step
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ETA_STEPS = 5  # steps timed for the ETA printed at the start of a run
+MAP_IMAGES = 10  # one test image per class (the first 10 classes) for the GAP confidence-map figure
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced.
+
+    Attributes:
+        epochs: one flat dict per epoch (epoch, lr, train_loss, train_acc, val_loss, val_acc, epoch_time_s,
+            img_per_s).
+        final: the run's summary (seed, epochs, batch_size, test_acc, test_loss, best_val_acc, train_time_s,
+            loop_img_per_s, time_to_acc_<pct>_s, diverged_epoch, status, train_size, val_size, augment).
+        maps: GAP confidence maps for the report (arrays maps, images, labels, preds, classes) or None.
+    """
+
+    epochs: list[dict]
+    final: dict
+    maps: dict | None = None
+
+
+@dataclass
+class _Split:
+    """The device-resident uint8 data of one run and how to turn a batch into network input."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    scale: torch.Tensor  # [1, C, 1, 1]: 1 / (255 * std)
+    shift: torch.Tensor  # [1, C, 1, 1]: -mean / std
+    input_size: int | None
+    channels_last: bool
+
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> normalised float32 network input (resized first when input_size asks)."""
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.to(torch.float32)
+        if self.input_size is not None and self.input_size != x.shape[-1]:
+            # Resize before normalising, on the device, bilinear like d2l's transforms.Resize(224).
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return x.contiguous(memory_format=memory).mul_(self.scale).add_(self.shift)
+
+
+@dataclass
+class _State:
+    """Everything that changes from epoch to epoch and must survive a restart (checkpointed)."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict] = field(default_factory=list)
+    best_val_acc: float | None = None
+    elapsed_s: float = 0.0  # training wall time so far (evaluation excluded)
+    images: int = 0  # training images stepped so far
+    reached_s: dict[str, float | None] = field(default_factory=dict)  # time_to_acc_<pct>_s -> seconds
+    diverged_epoch: int | None = None
+
+
+def split_data(dataset: Dataset, settings: Any, device: torch.device, input_size: int | None) -> _Split:
+    """Hold out the validation images, take the training subset, move everything to the device.
+
+    Args:
+        dataset: the decoded data set.
+        settings: TrainSettings (val_size, subset, channels_last).
+        device: where training runs.
+        input_size: network input side, or None for the data's own size.
+
+    Returns:
+        The run's data. Validation = the last `val_size` training images; training = the first `subset` of the rest
+        (the same images for every variant and seed); normalisation statistics come from those training images.
+    """
+    n = dataset.train_x.shape[0]
+    if settings.val_size >= n:
+        raise ValueError(f"train.val_size {settings.val_size} leaves no training images (the set has {n})")
+    keep = n - settings.val_size
+    if settings.subset is not None:
+        keep = min(keep, settings.subset)
+    train_x, train_y = dataset.train_x[:keep], dataset.train_y[:keep]
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in channel_stats(train_x))
+    on = (lambda t: t.to(device))
+    return _Split(on(train_x), on(train_y), on(dataset.train_x[n - settings.val_size:]),
+                  on(dataset.train_y[n - settings.val_size:]), on(dataset.test_x), on(dataset.test_y),
+                  on(1.0 / (255.0 * std)), on(-mean / std), input_size, settings.channels_last)
+
+
+def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """Resolve train.dtype: "auto" is bf16 autocast on CUDA and plain fp32 elsewhere.
+
+    Args:
+        dtype: "auto", "fp32", "bf16" or "fp16".
+        device: the training device.
+
+    Returns:
+        The autocast dtype, or None for fp32.
+    """
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return AMP_DTYPES[dtype]
+
+
+def _amp(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context, or a no-op one for fp32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def evaluate(net: nn.Module, split: _Split, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             amp: torch.dtype | None) -> tuple[float | None, float | None]:
+    """Mean cross-entropy and accuracy over (x, y), in eval mode under inference_mode.
+
+    Args:
+        net: the network (train mode is restored afterwards).
+        split: supplies `prep`.
+        x, y: uint8 images and labels on the device.
+        batch_size: images per forward pass.
+        amp: autocast dtype or None.
+
+    Returns:
+        (loss, accuracy), or (None, None) for an empty set.
+    """
+    if x.shape[0] == 0:
+        return None, None
+    net.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    with torch.inference_mode(), _amp(x.device, amp):
+        for i in range(0, x.shape[0], batch_size):
+            logits = net(split.prep(x[i:i + batch_size])).float()
+            loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum")
+            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+    net.train()
+    return loss_sum.item() / x.shape[0], correct.item() / x.shape[0]
+
+
+def epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+    """Dedicated CPU generators for one epoch's data order and augmentation draws.
+
+    Seeding from (seed, epoch) rather than carrying generator state makes a resumed epoch draw exactly what the
+    uninterrupted run drew, and keeps the draws independent of the model (paired variants).
+
+    Args:
+        seed: the run's seed.
+        epoch: 1-based epoch.
+
+    Returns:
+        (order generator, augmentation generator).
+    """
+    base = (seed * 1_000_003 + epoch) * 2
+    return torch.Generator().manual_seed(base), torch.Generator().manual_seed(base + 1)
+
+
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch; the last incomplete batch is dropped (one shape: no BN on a batch of 1,
+    no recompiles), the epoch's random order changes which images it leaves out."""
+    if n <= batch_size:
+        return [(0, n)]
+    return [(i, i + batch_size) for i in range(0, n - batch_size + 1, batch_size)]
+
+
+@dataclass
+class _Loop:
+    """The fixed parts of one run's training loop."""
+
+    net: nn.Module  # the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    split: _Split
+    settings: Any
+    augment: str
+    amp: torch.dtype | None
+    seed: int
+    bar: Any = None  # tqdm, set once the start epoch is known
+    logits: list = field(default_factory=list)  # filled by a forward hook: train accuracy without a 2nd forward
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(_batches(self.split.train_x.shape[0], self.settings.batch_size))
+
+
+def _train_epoch(loop: _Loop, epoch: int, eta: Callable[[float], None] | None) -> tuple[float, float, int, float]:
+    """Run one epoch of SGD steps.
+
+    Args:
+        loop: the run's loop parts.
+        epoch: 1-based epoch (seeds the order and the augmentation).
+        eta: called once as eta(seconds_per_step) after a few steps, or None.
+
+    Returns:
+        (mean train loss, train accuracy, images stepped, lr of the epoch's last step).
+    """
+    split, device = loop.split, loop.split.train_x.device
+    order_gen, aug_gen = epoch_generators(loop.seed, epoch)
+    n = split.train_x.shape[0]
+    order = torch.randperm(n, generator=order_gen).to(device)  # one transfer per epoch, not per step
+    draws = aug.draw(n, loop.augment, aug_gen).to(device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    images, t_first, lr = 0, 0.0, 0.0
+    for step, (start, stop) in enumerate(_batches(n, loop.settings.batch_size)):
+        idx = order[start:stop]
+        x = split.prep(aug.apply(split.train_x[idx], draws.slice(start, stop)))
+        y = split.train_y[idx]
+        loss = train_step(loop.net, loop.optimizer, x, y, autocast_dtype=loop.amp,
+                          label_smoothing=loop.settings.label_smoothing)
+        lr = loop.optimizer.param_groups[0]["lr"]  # the lr this step used (a Python float: no sync)
+        loop.scheduler.step()
+        loss_sum += loss * (stop - start)
+        correct += (loop.logits.pop().argmax(1) == y).sum()
+        images += stop - start
+        loop.bar.update(1)
+        if eta is not None and step in (1, 1 + ETA_STEPS):  # step 0 warms up; time the next ETA_STEPS
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # twice per run, for the ETA only
+            if step == 1:
+                t_first = time.perf_counter()
+            else:
+                eta((time.perf_counter() - t_first) / ETA_STEPS)
+    return loss_sum.item() / images, correct.item() / images, images, lr
+
+
+def _fingerprint(model: nn.Module, settings: Any, seed: int, split: _Split, source_sha256: str) -> str:
+    """What must match for a checkpoint to belong to this run (settings, seed, model shape, data)."""
+    dump = settings.model_dump() if hasattr(settings, "model_dump") else vars(settings)
+    return json.dumps({"settings": dump, "seed": seed, "spec": getattr(model, "spec", None),
+                       "train_size": int(split.train_x.shape[0]), "input_size": split.input_size,
+                       "data": source_sha256}, sort_keys=True, default=str)
+
+
+def save_checkpoint(path: Path, loop: _Loop, model: nn.Module, state: _State, fingerprint: str) -> None:
+    """Write the run's state atomically: a temp file then os.replace, so a kill never leaves half a checkpoint.
+
+    Args:
+        path: checkpoint file.
+        loop: supplies optimizer and scheduler.
+        model: the (uncompiled) model.
+        state: epoch counters and history.
+        fingerprint: see `_fingerprint`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+               "scheduler": loop.scheduler.state_dict(), "state": vars(state), "fingerprint": fingerprint,
+               # dropout draws from the global generator: restoring it makes a resumed run bit-identical
+               "rng_cpu": torch.get_rng_state(),
+               "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, loop: _Loop, model: nn.Module, fingerprint: str) -> _State | None:
+    """Restore a run from `path` if it exists and belongs to this run.
+
+    Args:
+        path: checkpoint file.
+        loop: its optimizer and scheduler are restored in place.
+        model: its weights are restored in place.
+        fingerprint: must equal the stored one; otherwise the file is ignored (with a warning) and overwritten.
+
+    Returns:
+        The restored state, or None to start from scratch.
+    """
+    if not path.exists():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("fingerprint") != fingerprint:
+        warnings.warn(f"checkpoint {path} belongs to another configuration; starting this run from scratch")
+        return None
+    model.load_state_dict(payload["model"])
+    loop.optimizer.load_state_dict(payload["optimizer"])
+    loop.scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng_cpu"])
+    if payload["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(payload["rng_cuda"])
+    return _State(**payload["state"])
+
+
+def confidence_maps(model: nn.Module, split: _Split, classes: list[str]) -> dict[str, np.ndarray]:
+    """The GAP class maps of the first test image of each of the first 10 classes (fp32, eval mode).
+
+    Args:
+        model: a GAP-head NiN (`forward_features` returns [B, num_classes, h, w]).
+        split: the run's data.
+        classes: class names.
+
+    Returns:
+        maps float32 [k, num_classes, h, w], images uint8 [k, C, H, W], labels, preds int64 [k], classes str.
+    """
+    idx = [int(torch.nonzero(split.test_y == c)[0]) for c in range(min(MAP_IMAGES, len(classes)))
+           if bool((split.test_y == c).any())]
+    images = split.test_x[idx]
+    model.eval()
+    with torch.inference_mode():
+        maps = model.forward_features(split.prep(images)).float()
+        preds = model.forward_head(maps).argmax(1)
+    model.train()
+    return {"maps": maps.cpu().numpy().astype(np.float32), "images": images.cpu().numpy(),
+            "labels": split.test_y[idx].cpu().numpy(), "preds": preds.cpu().numpy(),
+            "classes": np.array(classes, dtype=str)}
+
+
+def _acc_key(fraction: float) -> str:
+    """time_to_acc key for an accuracy fraction: 0.85 -> "time_to_acc_85_s"."""
+    return f"time_to_acc_{round(fraction * 100)}_s"
+
+
+def _record_epoch(state: _State, settings: Any, epoch: int, train: tuple[float, float, int, float],
+                  seconds: float, val: tuple[float | None, float | None]) -> dict:
+    """Update the run's counters with one finished epoch and return its flat record.
+
+    Args:
+        state: updated in place.
+        settings: TrainSettings (time_to_acc).
+        epoch: 1-based epoch.
+        train: (_train_epoch's loss, accuracy, images, lr).
+        seconds: the epoch's training wall time (evaluation excluded).
+        val: (val loss, val accuracy), Nones when not evaluated this epoch.
+
+    Returns:
+        The epoch record (a non-finite train loss is stored as None, which JSON can hold).
+    """
+    loss, acc, images, lr = train
+    state.epoch, state.elapsed_s, state.images = epoch, state.elapsed_s + seconds, state.images + images
+    if val[1] is not None:
+        state.best_val_acc = max(val[1], state.best_val_acc or 0.0)
+        for fraction in settings.time_to_acc:
+            if state.reached_s.get(_acc_key(fraction)) is None and val[1] >= fraction:
+                state.reached_s[_acc_key(fraction)] = state.elapsed_s
+    row = {"epoch": epoch, "lr": lr, "train_loss": loss if math.isfinite(loss) else None, "train_acc": acc,
+           "val_loss": val[0], "val_acc": val[1], "epoch_time_s": seconds, "img_per_s": images / seconds}
+    state.history.append(row)
+    return row
+
+
+def _eta_printer(loop: _Loop, state: _State) -> Callable[[float], None]:
+    """A callback that prints the run's ETA from a measured step time (before most of the training runs)."""
+    settings = loop.settings
+    steps = (settings.epochs - state.epoch) * loop.steps_per_epoch
+    evals = math.ceil((settings.epochs - state.epoch) / settings.eval_every)
+    eval_images = loop.split.val_x.shape[0] * evals + loop.split.test_x.shape[0]
+
+    def show(sec_per_step: float) -> None:
+        # a forward pass costs about a third of a training step per image
+        eval_s = eval_images * sec_per_step / settings.batch_size / 3
+        loop.bar.write(f"seed {loop.seed}: ETA ~{(steps * sec_per_step + eval_s) / 60:.1f} min "
+                       f"({sec_per_step * 1e3:.0f} ms/step x {steps} steps + ~{eval_s:.0f} s eval)")
+
+    return show
+
+
+def _run_epochs(loop: _Loop, model: nn.Module, state: _State, checkpoint: Path | None, fingerprint: str,
+                on_epoch: Callable[[dict], None] | None, show_eta: bool) -> None:
+    """Train from state.epoch + 1 to the last epoch, evaluating, checkpointing and reporting each epoch.
+
+    A non-finite train loss stops the run (state.diverged_epoch set, no checkpoint of the broken weights).
+    on_epoch is called after the epoch's checkpoint is on disk.
+    """
+    settings = loop.settings
+    eta = _eta_printer(loop, state) if show_eta else None
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        t0 = time.perf_counter()
+        train = _train_epoch(loop, epoch, eta if epoch == state.epoch + 1 else None)
+        seconds = time.perf_counter() - t0  # the .item() in _train_epoch has waited for the device
+        diverged = not math.isfinite(train[0])
+        evaluate_now = not diverged and (epoch % settings.eval_every == 0 or epoch == settings.epochs)
+        val = (evaluate(loop.net, loop.split, loop.split.val_x, loop.split.val_y, settings.eval_batch_size,
+                        loop.amp) if evaluate_now else (None, None))
+        row = _record_epoch(state, settings, epoch, train, seconds, val)
+        loop.bar.set_postfix(loss=f"{train[0]:.3f}", acc=f"{train[1]:.3f}",
+                             val=f"{val[1]:.3f}" if val[1] is not None else "-")
+        if diverged:
+            state.diverged_epoch = epoch
+        elif checkpoint is not None:
+            save_checkpoint(checkpoint, loop, model, state, fingerprint)
+        if on_epoch is not None:
+            on_epoch(row)
+        if diverged:
+            return
+
+
+def _make_loop(model: nn.Module, split: _Split, settings: Any, dataset_name: str, device: torch.device,
+               seed: int) -> _Loop:
+    """Put the model on the device and build the optimizer, the per-iteration scheduler and the loop parts."""
+    model.to(device).train()
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if settings.compile else model  # shares the parameters the optimizer steps
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                nesterov=settings.nesterov and settings.momentum > 0,
+                                weight_decay=settings.weight_decay)
+    steps = len(_batches(split.train_x.shape[0], settings.batch_size))
+    return _Loop(net, optimizer, build_scheduler(optimizer, settings, steps), split, settings,
+                 aug.resolve_augment(settings.augment, dataset_name), autocast_dtype(settings.dtype, device), seed)
+
+
+def _final(loop: _Loop, state: _State, test: tuple[float | None, float | None]) -> dict:
+    """The run's summary record (see TrainResult.final)."""
+    settings = loop.settings
+    return {
+        "seed": loop.seed, "epochs": state.epoch, "batch_size": settings.batch_size,
+        "test_acc": test[1], "test_loss": test[0], "best_val_acc": state.best_val_acc,
+        "train_time_s": state.elapsed_s,
+        "loop_img_per_s": state.images / state.elapsed_s if state.elapsed_s > 0 else None,
+        **{_acc_key(f): state.reached_s.get(_acc_key(f)) for f in settings.time_to_acc},
+        "diverged_epoch": state.diverged_epoch, "status": "diverged" if state.diverged_epoch else "ok",
+        "train_size": int(loop.split.train_x.shape[0]), "val_size": int(loop.split.val_x.shape[0]),
+        "augment": loop.augment,
+    }
+
+
+def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: str | torch.device, seed: int,
+                input_size: int | None = None, checkpoint_path: str | os.PathLike | None = None,
+                on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> TrainResult:
+    """Train `model` on `dataset` with SGD under `settings`, then test it once.
+
+    Args:
+        model: a freshly built model (the caller seeds its init: torch.manual_seed(seed) before build_model).
+        dataset: the decoded data set (uint8).
+        settings: TrainSettings.
+        device: "cpu", "cuda", ...
+        seed: seeds the data order and augmentation (per epoch, dedicated generators): the same seed gives every
+            variant the same batches and draws.
+        input_size: network input side; when it differs from the data's, batches are resized on the device.
+        checkpoint_path: written atomically after every epoch; if it exists at the start (and matches this run),
+            training resumes from it and ends as the uninterrupted run would.
+        on_epoch: called with each epoch's record, after that epoch's checkpoint is written.
+        progress: show a tqdm bar and print the ETA.
+
+    Returns:
+        TrainResult with per-epoch records, the final record and (GAP head, not diverged) the confidence maps.
+    """
+    device = torch.device(device)
+    split = split_data(dataset, settings, device, input_size)
+    loop = _make_loop(model, split, settings, dataset.name, device, seed)
+    checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
+    fingerprint = _fingerprint(model, settings, seed, split, dataset.source_sha256)
+    state = (load_checkpoint(checkpoint, loop, model, fingerprint) if checkpoint else None) or _State()
+    loop.bar = tqdm(total=settings.epochs * loop.steps_per_epoch, initial=state.epoch * loop.steps_per_epoch,
+                    desc=f"train seed {seed}", unit="step", disable=not progress, leave=False)
+    # Train accuracy from the step's own logits: a hook on the network, only in train mode.
+    hook = loop.net.register_forward_hook(lambda m, i, out: loop.logits.append(out.detach()) if m.training else None)
+    try:
+        _run_epochs(loop, model, state, checkpoint, fingerprint, on_epoch, show_eta=progress)
+    finally:
+        hook.remove()
+        loop.bar.close()
+    ok = state.diverged_epoch is None
+    test = (evaluate(loop.net, split, split.test_x, split.test_y, settings.eval_batch_size, loop.amp)
+            if ok else (None, None))
+    gap = getattr(model, "spec", {}).get("head") == "gap"
+    maps = confidence_maps(model, split, dataset.classes) if ok and gap else None
+    return TrainResult(epochs=list(state.history), final=_final(loop, state, test), maps=maps)
