@@ -152,6 +152,7 @@ class SuiteConfig(_Section):
     cpu: dict[str, Any] = {}  # dotted overrides for a machine without CUDA (unless --full)
     gpu: dict[str, Any] = {}  # dotted overrides when training on CUDA
     quick: dict[str, Any] = {}  # dotted overrides for --quick, on top of the built-in smoke settings
+    protocol_notes: dict[Literal["cpu", "gpu", "full", "quick"], str] = {}  # why a protocol is what it is (report)
 
     @field_validator("seeds")
     @classmethod

@@ -48,7 +48,7 @@ class Unit:
 
 def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     """Hash of what the measurements depend on: the resolved config (stages excluded), protocol and device."""
-    payload = cfg.model_dump(mode="json", exclude={"stages", "description"})
+    payload = cfg.model_dump(mode="json", exclude={"stages", "description", "protocol_notes"})
     text = json.dumps({"config": payload, "protocol": protocol}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

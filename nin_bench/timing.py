@@ -290,7 +290,7 @@ def time_model(
 def matmul_peak_flops(device: str | torch.device, dtype: str = "fp32", n: int | None = None) -> float:
     """Achievable FLOP/s of the device: best of 5 timed n x n matmuls in `dtype` (the MFU reference).
 
-    Uses the process's current matmul settings (e.g. torch.backends.cuda.matmul.allow_tf32), as the model does.
+    On CUDA in fp32 the matmul follows cuDNN's TF32 setting (on by default), as the model's convolutions do.
 
     Args:
         device: "cpu" or a CUDA device.
@@ -305,7 +305,16 @@ def matmul_peak_flops(device: str | torch.device, dtype: str = "fp32", n: int | 
     gen = torch.Generator().manual_seed(_INPUT_SEED)
     a = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
     b = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
-    for _ in range(2):  # warm-up: cuBLAS handle / heuristics and CPU thread pool start-up
-        torch.mm(a, b)
-    best_ms = min(_iteration_times_ms(lambda: torch.mm(a, b), device, repeats=5))
+    # fp32 convolutions run on TF32 tensor cores by default (cudnn.allow_tf32) while fp32 matmuls do not: measure
+    # the fp32 peak with the convs' setting, or fp32 MFU could exceed 1.
+    tf32 = torch.backends.cudnn.allow_tf32 if device.type == "cuda" and dtype == "fp32" else None
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        if tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        for _ in range(2):  # warm-up: cuBLAS handle / heuristics and CPU thread pool start-up
+            torch.mm(a, b)
+        best_ms = min(_iteration_times_ms(lambda: torch.mm(a, b), device, repeats=5))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
     return 2 * n**3 / (best_ms / 1e3)

@@ -434,6 +434,7 @@ def _final(loop: _Loop, state: _State, test: tuple[float | None, float | None]) 
         **{_acc_key(f): state.reached_s.get(_acc_key(f)) for f in settings.time_to_acc},
         "diverged_epoch": state.diverged_epoch, "status": "diverged" if state.diverged_epoch else "ok",
         "train_size": int(loop.split.train_x.shape[0]), "val_size": int(loop.split.val_x.shape[0]),
+        "test_size": int(loop.split.test_x.shape[0]),
         "augment": loop.augment,
     }
 
