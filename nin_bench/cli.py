@@ -52,7 +52,7 @@ def _resolved(args: argparse.Namespace):
     cfg = load_config(args.config, sets)
     import torch
 
-    return resolve_protocol(cfg, cuda=torch.cuda.is_available(), quick=args.quick, full=args.full)
+    return resolve_protocol(cfg, cuda=torch.cuda.is_available(), quick=args.quick, full=args.full, sets=args.set)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -321,14 +321,16 @@ def load_config(path: Path, sets: list[str] = ()) -> SuiteConfig:
     return validate(raw)
 
 
-def resolve_protocol(cfg: SuiteConfig, *, cuda: bool, quick: bool = False, full: bool = False) -> tuple[SuiteConfig, str, str]:
-    """Pick the device and protocol and apply the matching override blocks.
+def resolve_protocol(cfg: SuiteConfig, *, cuda: bool, quick: bool = False, full: bool = False,
+                     sets: list[str] = ()) -> tuple[SuiteConfig, str, str]:
+    """Pick the device and protocol and apply the matching override blocks, then `--set` again on top.
 
     Args:
         cfg: a validated config.
         cuda: whether a CUDA device is usable here.
         quick: the smoke protocol (`--quick`).
         full: on a CPU-only machine, run the YAML's full protocol instead of its `cpu:` block (`--full`).
+        sets: the command line's `key=value` overrides: they have the last word, over the protocol blocks too.
 
     Returns:
         (config with overrides applied, protocol name: "gpu" | "cpu" | "full" | "quick", device: "cuda" | "cpu").
@@ -348,4 +350,7 @@ def resolve_protocol(cfg: SuiteConfig, *, cuda: bool, quick: bool = False, full:
         shrink["timing.batch_sizes"] = sorted({min(sizes), cfg.timing.reference_batch_size})
         shrink["seeds"] = cfg.seeds[:1]
         cfg, protocol = apply_overrides(cfg, {**shrink, **cfg.quick}, "quick"), "quick"
+    last = dict(parse_set(item) for item in sets)
+    last = {k: v for k, v in last.items() if k.split(".")[0] in _OVERRIDABLE or k == "seeds"}
+    cfg = apply_overrides(cfg, last, "--set")
     return cfg.model_copy(update={"device": device}), protocol, device

@@ -468,6 +468,8 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
     state = (load_checkpoint(checkpoint, loop, model, fingerprint) if checkpoint else None) or _State()
     loop.bar = tqdm(total=settings.epochs * loop.steps_per_epoch, initial=state.epoch * loop.steps_per_epoch,
                     desc=f"train seed {seed}", unit="step", disable=not progress, leave=False)
+    if state.epoch:
+        tqdm.write(f"seed {seed}: resumed from {checkpoint} after epoch {state.epoch} of {settings.epochs}")
     # Train accuracy from the step's own logits: a hook on the network, only in train mode.
     hook = loop.net.register_forward_hook(lambda m, i, out: loop.logits.append(out.detach()) if m.training else None)
     try:

@@ -63,6 +63,15 @@ def test_protocol_blocks():
     assert quick.timing.batch_sizes == [1, 128]
 
 
+def test_command_line_sets_beat_protocol_blocks():
+    cfg = validate(_raw(cpu={"train.subset": 30000, "model.width": 0.25}))
+    sets = ["train.subset=8000"]
+    resolved, _, _ = resolve_protocol(cfg, cuda=False, sets=sets)
+    assert (resolved.train.subset, resolved.model.width) == (8000, 0.25)
+    resolved, _, _ = resolve_protocol(cfg, cuda=False, quick=True, sets=sets)
+    assert resolved.train.subset == 8000
+
+
 def test_cuda_requested_without_cuda_is_an_error():
     with pytest.raises(ConfigError, match="no CUDA device"):
         resolve_protocol(validate(_raw(device="cuda")), cuda=False)

@@ -2,6 +2,7 @@
 partial and failing runs degrade gracefully; the report runs with torch blocked from import."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,7 @@ def test_table_numbers_equal_independent_aggregation(full_run: Path) -> None:
         assert row["test_acc_mean"] == pytest.approx(np.mean(x), abs=1e-15)
         assert row["test_acc_std"] == pytest.approx(np.std(x, ddof=1), rel=1e-12)
         assert (row["n"], row["ci_lo"], row["ci_hi"]) == (3, pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
+        assert row["ci_method"] == "t (seeds)"
         assert row["params"] == PARAMS[n] and row["macs"] == MACS[n] and row["flops_fwd"] == 2 * MACS[n]
         if n == 0:
             assert bool(row["is_baseline"]) and np.isnan(row["delta_mean"])
@@ -122,6 +124,74 @@ def test_single_seed_ci_is_na(tmp_path: Path, no_figures: None) -> None:
     recs = [r for r in full_records() if r.get("seed") in (None, 0)]
     md = build_report(write_run(tmp_path, recs, {"seeds": [0]})).read_text()
     assert "n/a (n=1)" in md and "single seed" in md and "no confidence interval" in md
+
+
+def paired_seed0(ds: str, n: int) -> tuple[float, float]:
+    """Seed-0 accuracies of a variant and of its data set's baseline (n_1x1=0)."""
+    return ACC[(ds, n)][0], ACC[(ds, 0)][0]
+
+
+def test_single_seed_shows_test_set_intervals(tmp_path: Path, no_figures: None) -> None:
+    sizes = {"cifar10": 10_000, "fashion_mnist": 1_000}  # fashion_mnist small enough that its Δ interval spans 0
+    recs = [r | ({"test_size": sizes[r["dataset"]]} if r["stage"] == "train" else {})
+            for r in full_records() if r.get("seed") in (None, 0)]
+    md = build_report(write_run(tmp_path, recs, {"seeds": [0]})).read_text()
+    t = pd.read_csv(tmp_path / "tables.csv").set_index("variant")
+    z = stats.norm.ppf(0.975)
+    for (ds, n) in ACC:
+        row, (p, pb), m = t.loc[vid(ds, n)], paired_seed0(ds, n), sizes[ds]
+        wilson = stats.binomtest(round(p * m), m).proportion_ci(0.95, method="wilson")
+        assert (row["ci_method"], row["test_size"]) == ("wilson (test set)", m)
+        assert (row["ci_lo"], row["ci_hi"]) == (pytest.approx(wilson.low, rel=1e-12),
+                                                pytest.approx(wilson.high, rel=1e-12))
+        assert f"[{wilson.low * 100:.2f}, {wilson.high * 100:.2f}] % (test set)" in md
+        if n == 0:
+            assert row["delta_ci_method"] == "none" and np.isnan(row["delta_ci_lo"])
+            continue
+        half = z * np.sqrt(p * (1 - p) / m + pb * (1 - pb) / m)
+        assert row["delta_ci_method"] == "normal, unpaired (test set)"
+        assert (row["delta_ci_lo"], row["delta_ci_hi"]) == (pytest.approx(p - pb - half, rel=1e-9),
+                                                            pytest.approx(p - pb + half, rel=1e-9))
+        assert f"[{(p - pb - half) * 100:+.2f}, {(p - pb + half) * 100:+.2f}] pp (test set)" in md
+    answer = md.split("## Answer")[1].split("## What was run")[0]
+    cifar, fashion = answer.split("**fashion_mnist:**")
+    assert "test-set sampling only, not seed-to-seed variation; it excludes 0" in cifar
+    assert "test-set sampling only, not seed-to-seed variation; it includes 0" in fashion
+    assert "cover test-set sampling only (10,000 test images), not seed-to-seed variation" in md
+    assert "n/a" not in md.split("## Results per data set")[1]
+
+
+def test_augmentation_from_records_then_config(tmp_path: Path, no_figures: None) -> None:
+    recs = full_records()
+    md = build_report(write_run(tmp_path / "none", recs, {"train": {"epochs": 3, "augment": "none"}})).read_text()
+    assert "augmentation off" in md and "augmentation on" not in md
+    assert "| 8.81 % |" not in md and "Augmentation (paper / ours)" in md and "| no / no |" in md
+    auto = build_report(write_run(tmp_path / "auto", recs, {"train": {"epochs": 3, "augment": "auto"}})).read_text()
+    assert ("augmentation random crops (pad 4) + horizontal flips (cifar10), random crops (pad 4) (fashion_mnist)"
+            in auto) and "| yes / yes |" in auto
+    for r in recs:
+        if r["stage"] == "train":
+            r["augment"] = "none" if r["dataset"] == "cifar10" else "flip"
+    rec = build_report(write_run(tmp_path / "rec", recs, {"train": {"epochs": 3, "augment": "auto"}})).read_text()
+    assert "augmentation off (cifar10), horizontal flips (fashion_mnist)" in rec and "| 8.81 % |" not in rec
+    assert "Ours (cpu protocol): 3 epochs, batch ?, augmentation off;" in rec
+
+
+def test_protocol_line_names_model_settings_and_why(tmp_path: Path, no_figures: None) -> None:
+    extra = {"model": {"preset": "nin_cifar", "width": 0.25, "batchnorm": True, "init": "kaiming"},
+             "protocol_notes": {"cpu": "Two CPU cores: a narrow model, three epochs.", "gpu": "Paper scale."}}
+    root = write_run(tmp_path, full_records(), extra)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps(manifest | {"cpu_model": "test cpu"}))
+    md = build_report(root).read_text()
+    line = md.split("- **Protocol:** ")[1].split("\n")[0]
+    assert line.startswith("cpu; stages profile, timing, train; model width 0.25, BatchNorm, init kaiming; training")
+    assert md.index("**Protocol:**") < md.index("**Why this protocol:** Two CPU cores: a narrow model, three epochs.")
+    assert md.index("**Why this protocol:**") < md.index("**Device:**") and "Paper scale" not in md
+    assert "**Device:** cpu (test cpu); 2 threads." in md  # the CPU model named once
+    plain = build_report(write_run(tmp_path / "plain", full_records(), {"protocol_notes": {"gpu": "x"}})).read_text()
+    assert "Why this protocol" not in plain and "model " not in plain.split("**Protocol:**")[1].split("\n")[0]
+    assert "**Device:** cpu (test cpu); CPU Test CPU; 2 threads." in plain
 
 
 def test_paper_comparison_matches_head_and_dropout(tmp_path: Path, no_figures: None) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from nin_bench.report import fmt
+from nin_bench.report.protocol import augment_words, is_on
 
 PAPER_PROTOCOL = ("Paper: full CIFAR-10 training set (50k; hyper-parameters tuned on its last 10k images), global "
                   "contrast normalisation and ZCA whitening as in Maxout networks, SGD on mini-batches of 128 with the "
@@ -57,19 +58,20 @@ def _paper_model(summary: pd.DataFrame) -> pd.DataFrame:
     return s[keep]
 
 
-def our_protocol(config: dict[str, Any], manifest: dict[str, Any]) -> str:
+def our_protocol(config: dict[str, Any], manifest: dict[str, Any], augment: str | None) -> str:
     """One sentence stating our training protocol and data source.
 
     Args:
         config: resolved config.
         manifest: run manifest.
+        augment: the resolved CIFAR-10 augmentation (`protocol.augmentation`), None if unknown.
 
     Returns:
-        e.g. "Ours: 10 epochs, batch 128, augmentation on, training subset 5000; data CIFAR-10 (...) sha256 ab12…".
+        e.g. "Ours: 10 epochs, batch 128, augmentation off, training subset 5000; data CIFAR-10 (...) sha256 ab12…".
     """
     tr = config.get("train") or {}
     parts = [f"{tr.get('epochs', '?')} epochs", f"batch {tr.get('batch_size', '?')}",
-             f"augmentation {'on' if tr.get('augment') else 'off'}"]
+             f"augmentation {augment_words(augment) if augment else '?'}"]
     subset = tr.get("subset") or (config.get("data") or {}).get("subset")
     if subset:
         parts.append(f"training subset {subset}")
@@ -79,12 +81,12 @@ def our_protocol(config: dict[str, Any], manifest: dict[str, Any]) -> str:
     return f"Ours ({config.get('protocol', '?')} protocol): " + ", ".join(parts) + data + "."
 
 
-def paper_table(summary: pd.DataFrame, config: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+def paper_table(summary: pd.DataFrame, augment: str | None) -> tuple[list[str], list[list[str]]] | None:
     """Rows of the paper comparison for the paper settings our variants cover.
 
     Args:
         summary: one row per variant (`test_acc`, `test_acc_std`, `n_seeds` and the axes).
-        config: resolved config (`train.augment`).
+        augment: our resolved CIFAR-10 augmentation ("none" | "flip" | "crop" | "crop_flip"; None if unknown).
 
     Returns:
         (header, rows) of strings, or None when no trained variant matches a paper setting.
@@ -92,16 +94,19 @@ def paper_table(summary: pd.DataFrame, config: dict[str, Any]) -> tuple[list[str
     ours = _paper_model(summary)
     if ours.empty:
         return None
-    augment = bool((config.get("train") or {}).get("augment"))
+    on = is_on(augment)
+    ours_aug = "yes" if on else "no"
+    if on and augment not in ("crop_flip", "on"):  # the paper's is translation + flips: name a partial match
+        ours_aug = f"yes ({augment_words(augment)})"
     header = ["Paper setting", "Source", "Paper error", "Our variant", "Our error (mean ± std)", "n",
               "Augmentation (paper / ours)"]
     rows = []
     for pr in PAPER:
-        if pr.augment and not augment:
+        if pr.augment and not on:
             continue  # compare an augmented result only to an augmented run
         match = ours[(ours["head"] == pr.head) & ((ours["dropout"].astype(float) > 0) == pr.dropout)]
         for _, r in match.iterrows():
             err = fmt.acc_pm(1 - r["test_acc"], r["test_acc_std"])
             rows.append([pr.setting, pr.source, f"{pr.error_pct:.2f} %", str(r["variant"]), err,
-                         str(int(r["n_seeds"])), f"{'yes' if pr.augment else 'no'} / {'yes' if augment else 'no'}"])
+                         str(int(r["n_seeds"])), f"{'yes' if pr.augment else 'no'} / {ours_aug}"])
     return (header, rows) if rows else None

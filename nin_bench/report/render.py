@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from nin_bench.records import write_atomic
-from nin_bench.report import maps, paper, plots, sections, tables
+from nin_bench.report import maps, paper, plots, protocol, sections, tables
 from nin_bench.report.document import Doc, to_html, to_markdown
 from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
 
@@ -71,12 +71,13 @@ def _figures(doc: Doc, run: Run, table: pd.DataFrame, figdir: Path) -> None:
 
 def _paper_section(doc: Doc, run: Run) -> None:
     """Add the NiN paper comparison when our variants cover one of its CIFAR-10 settings."""
-    found = paper.paper_table(run.summary, run.config)
+    augment = protocol.augmentation(run.stage("train"), run.config, ["cifar10"]).get("cifar10")
+    found = paper.paper_table(run.summary, augment)
     if found is None:
         return
     doc.h(2, "Comparison with the NiN paper (CIFAR-10 test error)")
     doc.table(*found)
-    doc.p(paper.our_protocol(run.config, run.manifest) + " " + paper.PAPER_PROTOCOL)
+    doc.p(paper.our_protocol(run.config, run.manifest, augment) + " " + paper.PAPER_PROTOCOL)
 
 
 def build_document(run: Run, figdir: Path) -> tuple[Doc, pd.DataFrame, str]:
@@ -99,7 +100,12 @@ def build_document(run: Run, figdir: Path) -> tuple[Doc, pd.DataFrame, str]:
     else:
         doc.p(sections.size_answer(table))
     doc.h(2, "What was run")
-    doc.ul(sections.what_was_run(run))
+    items = sections.what_was_run(run)
+    doc.ul(items[:1])
+    note = protocol.protocol_note(run.config, sections.run_protocol(run))
+    if note:
+        doc.p(note)
+    doc.ul(items[1:])
     tex = _result_tables(doc, run, table) if not table.empty else ""
     _paper_section(doc, run)
     _figures(doc, run, table, figdir)

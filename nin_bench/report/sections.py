@@ -5,8 +5,9 @@ from typing import Any
 
 import pandas as pd
 
-from nin_bench.report import fmt
+from nin_bench.report import fmt, protocol
 from nin_bench.report.load import Run
+from nin_bench.report.stats import NORMAL_DIFF, WILSON
 
 VERSION_KEYS = ["nin_bench_version", "python_version", "torch_version", "torchvision_version", "fvcore_version",
                 "pandas_version"]
@@ -18,6 +19,44 @@ def _peaks(manifest: dict[str, Any]) -> str:
     return ", ".join(f"{k} {float(v):.3g} TFLOP/s" for k, v in peaks.items() if not fmt.missing(v)) or fmt.NA
 
 
+def run_protocol(run: Run) -> str:
+    """The run's protocol name from the config, the manifest or the records ("" if none says)."""
+    c, m = run.config, run.manifest
+    names = run.summary["protocol"].dropna().unique() if "protocol" in run.summary else []
+    return str(c.get("protocol") or m.get("protocol") or ", ".join(map(str, names)))
+
+
+def protocol_line(run: Run) -> str:
+    """The "**Protocol:** ..." bullet: stages, model settings off the paper's form, training settings.
+
+    Args:
+        run: the loaded results folder.
+
+    Returns:
+        Markdown text.
+    """
+    c, tr = run.config, run.config.get("train") or {}
+    stages = c.get("stages") or sorted(s for s, df in run.stages.items() if not df.empty)
+    datasets = list(dict.fromkeys(map(str, run.summary["dataset"]))) if "dataset" in run.summary else []
+    aug = protocol.augment_text(protocol.augmentation(run.stage("train"), c, datasets))
+    model = protocol.model_settings(c)
+    epochs = tr.get("epochs", "?")
+    train = [f"training {epochs} epoch{'' if epochs == 1 else 's'}", f"batch {tr.get('batch_size', '?')}",
+             f"lr {tr.get('lr', '?')} ({tr.get('schedule', '?')})", aug]
+    if tr.get("subset"):
+        train.append(f"training subset {tr['subset']}")
+    parts = [f"**Protocol:** {run_protocol(run) or '?'}", f"stages {', '.join(map(str, stages))}",
+             *([f"model {model}"] if model else []), ", ".join(train)]
+    return "; ".join(parts) + "."
+
+
+def _device(m: dict[str, Any], c: dict[str, Any]) -> str:
+    """"cpu (Intel Xeon ...); 2 threads", naming the CPU model once when it is also the device name."""
+    name, cpu = m.get("device_name", "?"), m.get("cpu_model", "?")
+    text = f"{m.get('device', c.get('device', '?'))} ({name})"
+    return text + ("" if cpu == name else f"; CPU {cpu}") + f"; {m.get('threads', '?')} threads"
+
+
 def what_was_run(run: Run) -> list[str]:
     """Bullet items describing the run: protocol, device, MFU reference, versions, data, date, seeds, grid.
 
@@ -25,19 +64,12 @@ def what_was_run(run: Run) -> list[str]:
         run: the loaded results folder.
 
     Returns:
-        Markdown bullet texts.
+        Markdown bullet texts, the protocol line first.
     """
     c, m = run.config, run.manifest
-    tr, tm = c.get("train") or {}, c.get("timing") or {}
-    stages = c.get("stages") or sorted(s for s, df in run.stages.items() if not df.empty)
-    protocol = c.get("protocol") or m.get("protocol") or ", ".join(map(str, run.summary["protocol"].dropna().unique()))
-    items = [f"**Protocol:** {protocol or '?'}; stages {', '.join(map(str, stages))}; "
-             f"training {tr.get('epochs', '?')} epochs, batch {tr.get('batch_size', '?')}, lr {tr.get('lr', '?')} "
-             f"({tr.get('schedule', '?')}), augmentation {'on' if tr.get('augment') else 'off'}"
-             + (f", training subset {tr['subset']}" if tr.get("subset") else "") + "."]
-    items.append(f"**Device:** {m.get('device', c.get('device', '?'))} ({m.get('device_name', '?')}); CPU "
-                 f"{m.get('cpu_model', '?')}; {m.get('threads', '?')} threads. **MFU reference peak** (measured "
-                 f"large matmul): {_peaks(m)}.")
+    tm = c.get("timing") or {}
+    items = [protocol_line(run),
+             f"**Device:** {_device(m, c)}. **MFU reference peak** (measured large matmul): {_peaks(m)}."]
     if tm:
         keys = ["batch_sizes", "reference_batch_size", "dtype", "channels_last", "compile", "warmup", "repeats"]
         items.append("**Timing:** " + ", ".join(f"{k} {tm[k]}" for k in keys if k in tm)
@@ -69,13 +101,17 @@ def _cost(best: pd.Series, base: pd.Series) -> str:
 
 
 def _certainty(r: pd.Series) -> str:
-    """How sure the paired delta is: its CI and whether that excludes zero."""
+    """How sure the paired delta is: its CI and whether that excludes zero (test-set interval for one seed)."""
     n = 0 if fmt.missing(r["delta_n"]) else int(r["delta_n"])
+    ci = fmt.interval(r["delta_ci_lo"], r["delta_ci_hi"], signed=True, unit="pp")
+    excludes = r["delta_ci_lo"] > 0 or r["delta_ci_hi"] < 0
+    if n == 1 and r["delta_ci_method"] == NORMAL_DIFF:
+        sure = "excludes 0" if excludes else "includes 0, so test-set sampling alone leaves the difference open"
+        return (f"one seed, so its 95 % interval {ci} covers test-set sampling only, not seed-to-seed variation; "
+                f"it {sure}")
     if n < 2:
         return f"paired over {n} seed{'s' if n != 1 else ''}, so no confidence interval"
-    ci = fmt.interval(r["delta_ci_lo"], r["delta_ci_hi"], signed=True, unit="pp")
-    sure = "excludes 0" if r["delta_ci_lo"] > 0 or r["delta_ci_hi"] < 0 else \
-        "includes 0, so these seeds do not resolve the difference"
+    sure = "excludes 0" if excludes else "includes 0, so these seeds do not resolve the difference"
     return f"95 % CI {ci} over {n} paired seeds, which {sure}"
 
 
@@ -149,11 +185,28 @@ def table_note(t: pd.DataFrame, ref_bs: int | None, dtype: Any) -> str:
     if t["test_acc_mean"].notna().any():
         note += ("Test accuracy: mean ± std (ddof 1) over seeds; 95 % CI = mean ± t(0.975, n−1)·std/√n; "
                  "Δ = paired difference to the baseline over the seeds both have, with its t-CI. ")
-        if (t["n"] == 1).any():
-            note += "Rows with n = 1 have a single seed: no spread, so their CI is n/a. "
+        note += _single_seed_note(t)
     else:
         note += "**Training has not run** for this results folder: accuracy columns are omitted. "
     return note.strip()
+
+
+def _single_seed_note(t: pd.DataFrame) -> str:
+    """What the CI columns mean for rows with one seed: test-set intervals where the test-set size is stored."""
+    one = t[t["n"] == 1]
+    if one.empty:
+        return ""
+    if not (one["ci_method"] == WILSON).any():
+        return "Rows with n = 1 have a single seed: no spread, so their CI is n/a. "
+    sizes = ", ".join(f"{int(x):,}" for x in dict.fromkeys(one["test_size"].dropna()))
+    text = (f"Rows with n = 1 have a single seed, so no seed-to-seed interval: their CIs, marked (test set), cover "
+            f"test-set sampling only ({sizes} test images), not seed-to-seed variation. The accuracy CI is a Wilson "
+            "score interval; the Δ CI a normal interval for the difference of two independent proportions "
+            "(unpaired, so conservative: both variants are scored on the same images, which a paired interval "
+            "would use). ")
+    if (one["ci_method"] != WILSON).any():
+        text += "Rows without a stored test-set size have CI n/a. "
+    return text
 
 
 def head_share(profile: pd.DataFrame, summary: pd.DataFrame) -> str:

@@ -1,4 +1,7 @@
-"""Accuracy statistics over seeds: mean, std, t-distribution 95 % CI, and paired deltas against a baseline."""
+"""Accuracy statistics over seeds: mean, std, t-distribution 95 % CI, and paired deltas against a baseline.
+
+With a single seed there is no seed-to-seed spread; when the test-set size is stored, the interval falls back to
+test-set sampling only (Wilson score interval; normal interval for a difference of two proportions)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +12,12 @@ import pandas as pd
 from scipy import stats as sps
 
 LEVEL = 0.95
+# ci_method / delta_ci_method values in tables.csv
+T_SEEDS = "t (seeds)"
+T_PAIRED = "t (paired seeds)"
+WILSON = "wilson (test set)"
+NORMAL_DIFF = "normal, unpaired (test set)"
+NO_CI = "none"
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,81 @@ def paired_delta(variant: pd.Series, baseline: pd.Series, level: float = LEVEL) 
     return t_estimate((variant[shared] - baseline[shared]).to_numpy(), level)
 
 
+def wilson(p: float, n: float, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a proportion.
+
+    Args:
+        p: observed proportion (e.g. test accuracy).
+        n: number of trials (test images).
+        level: confidence level.
+
+    Returns:
+        (lo, hi).
+    """
+    z = float(sps.norm.ppf((1 + level) / 2))
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def proportion_diff(p1: float, n1: float, p2: float, n2: float, level: float = LEVEL) -> tuple[float, float]:
+    """Normal interval of p1 − p2 for two independent proportions.
+
+    Both models are scored on the same test images, so a paired interval would be narrower: this one is
+    conservative (the per-image outcomes needed for pairing are not stored).
+
+    Args:
+        p1: first proportion, over n1 trials.
+        n1: its trials.
+        p2: second proportion, over n2 trials.
+        n2: its trials.
+        level: confidence level.
+
+    Returns:
+        (lo, hi).
+    """
+    z = float(sps.norm.ppf((1 + level) / 2))
+    half = z * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    return p1 - p2 - half, p1 - p2 + half
+
+
+def n_test_images(train: pd.DataFrame) -> dict[str, float]:
+    """Per variant, the number of test images its successful train records name (older records lack it).
+
+    Args:
+        train: records of the "train" stage.
+
+    Returns:
+        variant -> test-set size; variants without a stored size are absent.
+    """
+    if train.empty or "test_size" not in train:
+        return {}
+    ok = train[(train["status"] == "ok") & train["test_size"].notna()]
+    return {str(v): float(g["test_size"].min()) for v, g in ok.groupby("variant", sort=False)}
+
+
+def _acc_row(acc: pd.Series, size: float) -> dict[str, float | str]:
+    """Accuracy columns of one variant: t-CI over seeds, or the Wilson test-set interval for one seed."""
+    est = t_estimate(acc.to_numpy())
+    lo, hi, method = est.lo, est.hi, T_SEEDS if est.n >= 2 else NO_CI
+    if est.n == 1 and size > 0:
+        (lo, hi), method = wilson(est.mean, size), WILSON
+    return {"test_acc_mean": est.mean, "test_acc_std": est.std, "n": est.n, "ci_lo": lo, "ci_hi": hi,
+            "ci_method": method, "test_size": size}
+
+
+def _delta_row(acc: pd.Series, base: pd.Series | None, size: float, base_size: float) -> dict[str, float | str]:
+    """Delta columns of one variant: paired t-CI over seeds, or the test-set interval for one shared seed."""
+    d = Estimate(math.nan, math.nan, 0, math.nan, math.nan) if base is None else paired_delta(acc, base)
+    lo, hi, method = d.lo, d.hi, T_PAIRED if d.n >= 2 else NO_CI
+    if d.n == 1 and size > 0 and base_size > 0:
+        seed = acc.index.intersection(base.index)[0]
+        (lo, hi), method = proportion_diff(acc[seed], size, base[seed], base_size), NORMAL_DIFF
+    return {"delta_mean": d.mean, "delta_std": d.std, "delta_n": d.n, "delta_ci_lo": lo, "delta_ci_hi": hi,
+            "delta_ci_method": method}
+
+
 def accuracy_stats(train: pd.DataFrame, baselines: dict[str, str | None],
                    dataset_of: dict[str, str]) -> pd.DataFrame:
     """Accuracy estimate and paired delta for every trained variant.
@@ -95,21 +179,19 @@ def accuracy_stats(train: pd.DataFrame, baselines: dict[str, str | None],
         dataset_of: variant id -> dataset.
 
     Returns:
-        DataFrame indexed by variant with columns test_acc_mean, test_acc_std, n, ci_lo, ci_hi, delta_mean,
-        delta_std, delta_n, delta_ci_lo, delta_ci_hi (NaN where undefined; delta NaN for the baseline itself).
+        DataFrame indexed by variant with columns test_acc_mean, test_acc_std, n, ci_lo, ci_hi, ci_method,
+        test_size, delta_mean, delta_std, delta_n, delta_ci_lo, delta_ci_hi, delta_ci_method (NaN where
+        undefined; delta NaN for the baseline itself). CIs are t over seeds when n >= 2; with one seed and a
+        stored test-set size, test-set sampling intervals (`WILSON`, `NORMAL_DIFF`); otherwise NaN (`NO_CI`).
     """
-    accs = seed_accuracies(train)
+    accs, sizes = seed_accuracies(train), n_test_images(train)
     rows = {}
     for variant, acc in accs.items():
-        est = t_estimate(acc.to_numpy())
-        row = {"test_acc_mean": est.mean, "test_acc_std": est.std, "n": est.n, "ci_lo": est.lo, "ci_hi": est.hi}
+        size = sizes.get(variant, math.nan)
         base = baselines.get(dataset_of.get(variant, ""))
-        d = Estimate(math.nan, math.nan, 0, math.nan, math.nan)
-        if base is not None and base != variant and base in accs:
-            d = paired_delta(acc, accs[base])
-        row.update({"delta_mean": d.mean, "delta_std": d.std, "delta_n": d.n, "delta_ci_lo": d.lo,
-                    "delta_ci_hi": d.hi})
-        rows[variant] = row
+        paired = base is not None and base != variant and base in accs
+        rows[variant] = _acc_row(acc, size) | _delta_row(acc, accs[base] if paired else None, size,
+                                                         sizes.get(base, math.nan) if paired else math.nan)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

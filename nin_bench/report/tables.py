@@ -7,12 +7,13 @@ import pandas as pd
 
 from nin_bench.report import fmt
 from nin_bench.report.load import Run, baselines, grid_axes, variant_label
-from nin_bench.report.stats import accuracy_stats
+from nin_bench.report.stats import NORMAL_DIFF, WILSON, accuracy_stats
 
 SIZE_COLS = ["params", "macs", "flops_fwd"]
 TIMING_COLS = ["fwd_batch_size", "fwd_img_per_s", "mfu_fwd", "train_batch_size", "train_img_per_s", "mfu_train"]
-ACC_COLS = ["test_acc_mean", "test_acc_std", "n", "ci_lo", "ci_hi", "delta_mean", "delta_std", "delta_n",
-            "delta_ci_lo", "delta_ci_hi"]
+ACC_COLS = ["test_acc_mean", "test_acc_std", "n", "ci_lo", "ci_hi", "ci_method", "test_size", "delta_mean",
+            "delta_std", "delta_n", "delta_ci_lo", "delta_ci_hi", "delta_ci_method"]
+TEST_SET = " (test set)"  # marks a single-seed interval that covers test-set sampling only
 
 
 def results_table(run: Run) -> pd.DataFrame:
@@ -79,19 +80,28 @@ def display_table(table: pd.DataFrame, ref_bs: int | None) -> tuple[list[str], l
     return header, rows
 
 
+def _ci_cell(lo: Any, hi: Any, n: int, test_set: bool, signed: bool = False) -> str:
+    """A CI cell: the t-interval for n >= 2; for one seed the test-set interval, marked, or "n/a (n=1)"."""
+    unit = "pp" if signed else "%"
+    if n > 1:
+        return fmt.interval(lo, hi, signed, unit) + (f" ({n})" if signed else "")
+    if n == 1:
+        return fmt.interval(lo, hi, signed, unit) + TEST_SET if test_set else "n/a (n=1)"
+    return fmt.NA
+
+
 def _acc_cells(r: pd.Series) -> list[str]:
     """Accuracy, n, CI, paired delta and its CI of one row, rounded."""
     n = 0 if fmt.missing(r["n"]) else int(r["n"])
-    ci = fmt.interval(r["ci_lo"], r["ci_hi"]) if n > 1 else ("n/a (n=1)" if n == 1 else fmt.NA)
+    ci = _ci_cell(r["ci_lo"], r["ci_hi"], n, r["ci_method"] == WILSON)
     if r["is_baseline"]:
         d, dci = "baseline", fmt.NA
     elif fmt.missing(r["delta_mean"]):
         d, dci = fmt.NA, fmt.NA
     else:
-        dn = int(r["delta_n"])
         d = fmt.delta(r["delta_mean"])
-        dci = f"{fmt.interval(r['delta_ci_lo'], r['delta_ci_hi'], signed=True, unit='pp')} ({dn})" if dn > 1 \
-            else "n/a (n=1)"
+        dci = _ci_cell(r["delta_ci_lo"], r["delta_ci_hi"], int(r["delta_n"]), r["delta_ci_method"] == NORMAL_DIFF,
+                       signed=True)
     return [fmt.acc_pm(r["test_acc_mean"], r["test_acc_std"]), str(n) if n else fmt.NA, ci, d, dci]
 
 
