@@ -13,7 +13,7 @@ from nin_bench.profile import profile_model
 def test_profile_stage(benchmark):
     benchmark.group = "harness"
     model = build_model("nin_cifar")
-    prof = benchmark(profile_model, model, (3, 32, 32))
+    prof = benchmark.pedantic(profile_model, args=(model, (3, 32, 32)), rounds=15, warmup_rounds=2)
     assert prof["macs"] == 222_486_528 and prof["counts_agree"]
     record(benchmark, params=prof["params"], macs=prof["macs"])
 
@@ -24,7 +24,7 @@ def test_load_from_cache(benchmark):
 
     benchmark.group = "harness"
     load_dataset("fashion_mnist")  # decode once into the cache; the benchmark times warm loads
-    ds = benchmark(load_dataset, "fashion_mnist")
+    ds = benchmark.pedantic(load_dataset, args=("fashion_mnist",), rounds=15, warmup_rounds=1)
     assert ds.train_x.shape == (60000, 1, 28, 28)
     record(benchmark, images=len(ds.train_x) + len(ds.test_x))
 

@@ -1,6 +1,6 @@
 """Forward and train-step speed of every `one_by_one` variant (its CPU protocol) at two batch sizes on the CPU.
 
-Compare runs with `--benchmark-compare --benchmark-compare-fail=median:25%` (README); grouped by variant.
+Compare runs with `--benchmark-compare --benchmark-compare-fail=median:50%` (README); grouped by variant.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from nin_bench.timing import set_threads
 from nin_bench.variants import expand_grid
 
 SUITE = Path(__file__).parents[2] / "ablations" / "one_by_one.yaml"
-BATCH_SIZES = (1, 32)
+BATCH_SIZES = (8, 32)  # batch 1 times ~1 ms here, where this shared VM's noise reached 67 % run to run
 _CTX = RunContext(Path("."), "cpu", "cpu", "bench", progress=False)
 VARIANTS = expand_grid(resolve_protocol(load_config(SUITE), cuda=False)[0])
 

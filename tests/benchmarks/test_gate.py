@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 # The threshold the README recommends for this machine (run-to-run noise measured and stated there).
-FAIL_THRESHOLD = "median:25%"
+FAIL_THRESHOLD = "median:50%"
 
 BENCH = textwrap.dedent("""
     import os, time
