@@ -12,7 +12,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nin_bench import augment as aug
+from nin_bench.checkpoint import load_checkpoint, save_checkpoint
 from nin_bench.data import Dataset, channel_stats
 from nin_bench.schedule import build_scheduler
 from nin_bench.steps import train_step
@@ -257,54 +257,6 @@ def _fingerprint(model: nn.Module, settings: Any, seed: int, split: _Split, sour
                        "data": source_sha256}, sort_keys=True, default=str)
 
 
-def save_checkpoint(path: Path, loop: _Loop, model: nn.Module, state: _State, fingerprint: str) -> None:
-    """Write the run's state atomically: a temp file then os.replace, so a kill never leaves half a checkpoint.
-
-    Args:
-        path: checkpoint file.
-        loop: supplies optimizer and scheduler.
-        model: the (uncompiled) model.
-        state: epoch counters and history.
-        fingerprint: see `_fingerprint`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model.state_dict(), "optimizer": loop.optimizer.state_dict(),
-               "scheduler": loop.scheduler.state_dict(), "state": vars(state), "fingerprint": fingerprint,
-               # dropout draws from the global generator: restoring it makes a resumed run bit-identical
-               "rng_cpu": torch.get_rng_state(),
-               "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, loop: _Loop, model: nn.Module, fingerprint: str) -> _State | None:
-    """Restore a run from `path` if it exists and belongs to this run.
-
-    Args:
-        path: checkpoint file.
-        loop: its optimizer and scheduler are restored in place.
-        model: its weights are restored in place.
-        fingerprint: must equal the stored one; otherwise the file is ignored (with a warning) and overwritten.
-
-    Returns:
-        The restored state, or None to start from scratch.
-    """
-    if not path.exists():
-        return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("fingerprint") != fingerprint:
-        warnings.warn(f"checkpoint {path} belongs to another configuration; starting this run from scratch")
-        return None
-    model.load_state_dict(payload["model"])
-    loop.optimizer.load_state_dict(payload["optimizer"])
-    loop.scheduler.load_state_dict(payload["scheduler"])
-    torch.set_rng_state(payload["rng_cpu"])
-    if payload["rng_cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(payload["rng_cuda"])
-    return _State(**payload["state"])
-
-
 def confidence_maps(model: nn.Module, split: _Split, classes: list[str]) -> dict[str, np.ndarray]:
     """The GAP class maps of the first test image of each of the first 10 classes (fp32, eval mode).
 
@@ -401,7 +353,8 @@ def _run_epochs(loop: _Loop, model: nn.Module, state: _State, checkpoint: Path |
         if diverged:
             state.diverged_epoch = epoch
         elif checkpoint is not None:
-            save_checkpoint(checkpoint, loop, model, state, fingerprint)
+            save_checkpoint(checkpoint, model=model, optimizer=loop.optimizer, scheduler=loop.scheduler,
+                            state=vars(state), fingerprint=fingerprint)
         if on_epoch is not None:
             on_epoch(row)
         if diverged:
@@ -465,7 +418,9 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
     loop = _make_loop(model, split, settings, dataset.name, device, seed)
     checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
     fingerprint = _fingerprint(model, settings, seed, split, dataset.source_sha256)
-    state = (load_checkpoint(checkpoint, loop, model, fingerprint) if checkpoint else None) or _State()
+    saved = load_checkpoint(checkpoint, model=model, optimizer=loop.optimizer, scheduler=loop.scheduler,
+                            fingerprint=fingerprint) if checkpoint else None
+    state = _State(**saved) if saved else _State()
     loop.bar = tqdm(total=settings.epochs * loop.steps_per_epoch, initial=state.epoch * loop.steps_per_epoch,
                     desc=f"train seed {seed}", unit="step", disable=not progress, leave=False)
     if state.epoch:
