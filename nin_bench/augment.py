@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nin_bench.config import AUTO_AUGMENT
+
 AUGMENTS = ("none", "flip", "crop", "crop_flip")
-# auto: crop+flip for natural images; crop only for Fashion-MNIST, whose left/right-asymmetric classes
-# (shoes point left) make a flipped image a slightly different distribution from the test set.
-AUTO_AUGMENT = {"cifar10": "crop_flip", "imagefolder": "crop_flip", "fashion_mnist": "crop"}
 CROP_PAD = 4  # the paper's and airbench's CIFAR crop: zero-pad 4 px, crop back to the original size
 
 

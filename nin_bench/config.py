@@ -11,10 +11,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
 from nin_bench.errors import UserError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGES = ("profile", "timing", "train")
+# train.augment "auto", per data set (the train stage applies it, the report states it): crop+flip for natural
+# images; crop only for Fashion-MNIST, whose left/right-asymmetric classes (shoes point left) make a flipped
+# image a slightly different distribution from the test set.
+AUTO_AUGMENT = {"cifar10": "crop_flip", "imagefolder": "crop_flip", "fashion_mnist": "crop"}
 PRESETS = ("nin_cifar", "nin_d2l")  # kept equal to models.REGISTRY by tests/test_config.py
 
 

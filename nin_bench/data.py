@@ -300,7 +300,9 @@ def _missing_message(name: str, root: Path, origin: str, download: bool) -> str:
 
 def _download(name: str, root: Path) -> None:
     """Fetch the official files with torchvision into `root` (FashionMNIST/raw or cifar-10-batches-py)."""
-    from torchvision import datasets  # imported here: only the download path needs torchvision
+    from torchvision import (
+        datasets,  # imported here: only the download path needs torchvision
+    )
 
     cls = datasets.FashionMNIST if name == "fashion_mnist" else datasets.CIFAR10
     try:

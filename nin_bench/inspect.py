@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nin_bench.config import PRESETS, ConfigError, load_config, parse_set, set_dotted, validate
+from nin_bench.config import (
+    PRESETS,
+    ConfigError,
+    load_config,
+    parse_set,
+    set_dotted,
+    validate,
+)
 from nin_bench.profile import format_layer_table, layer_table
 from nin_bench.stages import RunContext, make_model, shape_of
 from nin_bench.variants import expand_grid

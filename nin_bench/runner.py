@@ -20,10 +20,22 @@ import yaml
 from tqdm.auto import tqdm
 
 from nin_bench.config import SuiteConfig
-from nin_bench.manifest import build_manifest, cpu_model
-from nin_bench.records import append_records, current_records, read_records, write_atomic
 from nin_bench.data import DataError
-from nin_bench.stages import RunContext, base_record, error_text, run_profile, run_timing, run_train
+from nin_bench.manifest import build_manifest, cpu_model
+from nin_bench.records import (
+    append_records,
+    current_records,
+    read_records,
+    write_atomic,
+)
+from nin_bench.stages import (
+    RunContext,
+    base_record,
+    error_text,
+    run_profile,
+    run_timing,
+    run_train,
+)
 from nin_bench.timing import set_threads
 from nin_bench.variants import Variant, expand_grid
 

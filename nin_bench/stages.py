@@ -174,7 +174,9 @@ def run_train(variant: Variant, seed: int, ctx: RunContext, timing_rows: list[di
         ctx: the run context.
         timing_rows: this variant's timing records (for loop_efficiency).
     """
-    from nin_bench.train import train_model  # the heaviest stage; imported only when training runs
+    from nin_bench.train import (
+        train_model,  # the heaviest stage; imported only when training runs
+    )
 
     data = ctx.dataset(variant)
     c, side, _ = shape_of(variant, ctx)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-# Mirrors nin_bench.augment.AUTO_AUGMENT (that module imports torch, which the report never does).
-AUTO_AUGMENT = {"cifar10": "crop_flip", "imagefolder": "crop_flip", "fashion_mnist": "crop"}
+from nin_bench.config import AUTO_AUGMENT
+
 AUGMENT_WORDS = {"none": "off", "flip": "horizontal flips", "crop": "random crops (pad 4)",
                  "crop_flip": "random crops (pad 4) + horizontal flips", "on": "on"}
 
