@@ -120,8 +120,9 @@ def run_unit(unit: Unit, ctx: RunContext, records: list[dict[str, Any]]) -> list
         if unit.stage == "profile":
             return run_profile(unit.variant, ctx)
         if unit.stage == "timing":
-            prof = next((r for r in mine if r["stage"] == "profile"), None)
-            flops = {} if prof is None else {"forward": prof["flops_fwd"], "train_step": prof["flops_fwd_bwd"]}
+            # FLOPs per image for MFU: from the profile record, else counted here (milliseconds, not recorded)
+            prof = next((r for r in mine if r["stage"] == "profile"), None) or run_profile(unit.variant, ctx)[0]
+            flops = {"forward": prof["flops_fwd"], "train_step": prof["flops_fwd_bwd"]}
             return run_timing(unit.variant, ctx, flops)
         return run_train(unit.variant, unit.seed, ctx, [r for r in mine if r["stage"] == "timing"])
     except (KeyboardInterrupt, SystemExit):
