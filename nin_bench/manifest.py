@@ -29,11 +29,13 @@ def cpu_model() -> str:
 
 
 def git_state(repo: Path) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout holding `repo`, or (None, None) outside git."""
+    """(commit, dirty) of the checkout holding `repo`, or (None, None) outside git; dirty ignores results/."""
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        # results/ is excluded: a run rewrites its own committed results folder, which says nothing of the code
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
+                                 ":/", ":(exclude,top)results"],
                                 capture_output=True, text=True, timeout=10, check=True).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
