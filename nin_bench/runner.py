@@ -26,11 +26,13 @@ from nin_bench.records import (
     append_records,
     current_records,
     read_records,
+    unit_key,
     write_atomic,
 )
 from nin_bench.stages import (
     RunContext,
     base_record,
+    checkpoint_path,
     error_text,
     run_profile,
     run_timing,
@@ -78,7 +80,7 @@ def prepare_out_dir(out_dir: Path, fp: str, log: Callable[[str], None]) -> None:
             shutil.move(str(out_dir / name), dest / name)
         why = "another config or protocol" if state else "another checkout or machine (no local run state)"
         log(f"{out_dir}: existing results come from {why}; moved them to {dest} and measuring afresh")
-        shutil.rmtree(out_dir / ".cache" / "checkpoints", ignore_errors=True)
+        shutil.rmtree(checkpoint_path(out_dir, "", 0).parent, ignore_errors=True)
     write_atomic(state_path, json.dumps({"fingerprint": fp}))
 
 
@@ -96,7 +98,7 @@ def completed(records: list[dict[str, Any]]) -> set[tuple]:
     """Keys of units whose final record is in: ok or diverged (a failed unit is retried on the next run;
     a timing setting that failed, e.g. out of memory, is a result and is not)."""
     final = {"profile", "timing", "train"}
-    return {(r["variant"], r["stage"], r.get("seed")) for r in current_records(records)
+    return {unit_key(r) for r in current_records(records)
             if r.get("stage") in final and (r.get("status") != "error" or r.get("mode") is not None)}
 
 
@@ -170,7 +172,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             if r.get("status") == "error" and r.get("mode") is None:
                 log(f"  {unit.variant.id} {unit.stage}: {r['error']}")
         if unit.stage == "train":
-            (out_dir / ".cache" / "checkpoints" / f"{unit.variant.id}-seed{unit.seed}.pt").unlink(missing_ok=True)
+            checkpoint_path(out_dir, unit.variant.id, unit.seed).unlink(missing_ok=True)
     manifest.update(peak_tflops={k: v / 1e12 for k, v in ctx.peak_flops.items()},
                     data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
     write_run_files(cfg, out_dir, manifest, protocol)

@@ -16,6 +16,7 @@ import torch
 from nin_bench.data import Dataset, load_dataset
 from nin_bench.models import build_model
 from nin_bench.profile import profile_model
+from nin_bench.steps import resolve_dtype
 from nin_bench.timing import matmul_peak_flops, time_model
 from nin_bench.variants import DATASETS, Variant, input_size_of
 
@@ -138,10 +139,14 @@ def save_maps(maps: dict[str, Any] | None, ctx: RunContext, name: str) -> str | 
     return str(rel)
 
 
+def checkpoint_path(out_dir: Path, variant_id: str, seed: int) -> Path:
+    """Where one training run checkpoints (git-ignored; removed once the run is recorded)."""
+    return out_dir / ".cache" / "checkpoints" / f"{variant_id}-seed{seed}.pt"
+
+
 def train_dtype(variant: Variant, device: str) -> str:
     """The training dtype: `train.dtype`, where "auto" is bf16 autocast on CUDA and fp32 on the CPU."""
-    dtype = variant.config.train.dtype
-    return ("bf16" if device == "cuda" else "fp32") if dtype == "auto" else dtype
+    return resolve_dtype(variant.config.train.dtype, device)
 
 
 def reference_train_step(variant: Variant, ctx: RunContext, timing_rows: list[dict[str, Any]]) -> float:
@@ -181,7 +186,7 @@ def run_train(variant: Variant, seed: int, ctx: RunContext, timing_rows: list[di
     data = ctx.dataset(variant)
     c, side, _ = shape_of(variant, ctx)
     name = f"{variant.id}-seed{seed}"
-    ckpt = ctx.out_dir / ".cache" / "checkpoints" / f"{name}.pt"
+    ckpt = checkpoint_path(ctx.out_dir, variant.id, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = make_model(variant, ctx)

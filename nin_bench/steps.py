@@ -11,6 +11,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    """A dtype name as it runs: "auto" is bf16 autocast on CUDA and fp32 elsewhere; other names pass through."""
+    if dtype == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return dtype
+
+
+def amp_dtype(dtype: str) -> torch.dtype | None:
+    """The autocast dtype of a name ("fp32", "bf16", "fp16"): None for plain fp32."""
+    return None if dtype == "fp32" else DTYPES[dtype]
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device_type`, or a no-op context for None (fp32)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
 
 def train_step(
     model: nn.Module,
@@ -38,12 +57,7 @@ def train_step(
     Returns:
         The loss as a detached 0-d tensor (still on the device).
     """
-    amp = (
-        torch.autocast(x.device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    with amp:
+    with autocast(x.device.type, autocast_dtype):
         loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
     # set_to_none skips a memset per parameter and lets backward write fresh gradients.
     optimizer.zero_grad(set_to_none=True)

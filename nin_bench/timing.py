@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nin_bench.steps import train_step
+from nin_bench.steps import DTYPES, amp_dtype, autocast, train_step
 
 MODES = ("forward", "train_step")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MIB = 2**20
 _INPUT_SEED = 0  # fixed so every row of a sweep times the same batch
 
@@ -38,13 +37,6 @@ def set_threads(threads: int | None = None) -> int:
     """
     torch.set_num_threads(threads if threads is not None else (os.cpu_count() or 1))
     return torch.get_num_threads()
-
-
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """Autocast context for bf16/fp16 on the device's type; a no-op for fp32."""
-    if DTYPES[dtype] is torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
 
 
 def _sync(device: torch.device) -> None:
@@ -163,14 +155,13 @@ def _make_iteration(
         model.eval()
 
         def forward() -> None:
-            with _autocast(device, dtype):
+            with autocast(device.type, amp_dtype(dtype)):
                 model(x)
 
         return forward
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    amp_dtype = None if DTYPES[dtype] is torch.float32 else DTYPES[dtype]
-    return lambda: train_step(model, optimizer, x, y, autocast_dtype=amp_dtype)
+    return lambda: train_step(model, optimizer, x, y, autocast_dtype=amp_dtype(dtype))
 
 
 def _summarise(times_ms: list[float], batch_size: int) -> dict[str, float]:

@@ -26,9 +26,8 @@ from nin_bench import augment as aug
 from nin_bench.checkpoint import load_checkpoint, save_checkpoint
 from nin_bench.data import Dataset, channel_stats
 from nin_bench.schedule import build_scheduler
-from nin_bench.steps import train_step
+from nin_bench.steps import amp_dtype, autocast, resolve_dtype, train_step
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ETA_STEPS = 5  # steps timed for the ETA printed at the start of a run
 MAP_IMAGES = 10  # one test image per class (the first 10 classes) for the GAP confidence-map figure
 
@@ -125,14 +124,7 @@ def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     Returns:
         The autocast dtype, or None for fp32.
     """
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return AMP_DTYPES[dtype]
-
-
-def _amp(device: torch.device, dtype: torch.dtype | None):
-    """An autocast context, or a no-op one for fp32."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return amp_dtype(resolve_dtype(dtype, device.type))
 
 
 def evaluate(net: nn.Module, split: _Split, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -154,7 +146,7 @@ def evaluate(net: nn.Module, split: _Split, x: torch.Tensor, y: torch.Tensor, ba
     net.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    with torch.inference_mode(), _amp(x.device, amp):
+    with torch.inference_mode(), autocast(x.device.type, amp):
         for i in range(0, x.shape[0], batch_size):
             logits = net(split.prep(x[i:i + batch_size])).float()
             loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum")
