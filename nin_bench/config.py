@@ -89,6 +89,8 @@ class TimingSettings(_Section):
     dtypes: list[Literal["fp32", "bf16", "fp16"]] = ["fp32"]
     channels_last: list[bool] = [True]
     compile: list[bool] = [False]
+    # compiled rows run at these batch sizes only (None: the reference batch size); each pays a full compile
+    compile_batch_sizes: list[int] | None = None
     warmup: int = Field(5, ge=0)
     repeats: int = Field(20, ge=3)
     threads: int | None = Field(None, ge=1)  # None: all cores
@@ -129,6 +131,8 @@ class TrainSettings(_Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True
     compile: bool = False
+    # bit-reproducible CUDA training (deterministic cuDNN/cuBLAS algorithms, no autotuning); the CPU always is
+    deterministic: bool = False
     time_to_acc: list[float] = [0.8, 0.85, 0.9]
     eval_every: int = Field(1, ge=1)
 

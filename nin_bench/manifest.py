@@ -1,4 +1,5 @@
-"""The environment manifest: what produced a results folder (versions, device, CPU, threads, commit, date)."""
+"""The environment manifest: what produced a results folder (versions, device, GPU and CUDA facts, CPU, threads,
+commit, date)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -42,7 +43,17 @@ def git_state(repo: Path) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def build_manifest(*, device: str, device_name: str, threads: int, protocol: str) -> dict[str, Any]:
+def device_name(device: str) -> str:
+    """The GPU's name on CUDA, the CPU model otherwise."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    return cpu_model()
+
+
+def build_manifest(*, device: str, device_name: str, threads: int, protocol: str, cuda_fallback: str | None = None,
+                   executor: str = "local") -> dict[str, Any]:
     """Collect the environment facts every results folder carries.
 
     Args:
@@ -50,10 +61,15 @@ def build_manifest(*, device: str, device_name: str, threads: int, protocol: str
         device_name: e.g. the GPU's name, or the CPU model.
         threads: torch's intra-op thread count used for the run.
         protocol: "cpu" | "gpu" | "full" | "quick".
+        cuda_fallback: why a CUDA build of torch ran on the CPU (None when it did not).
+        executor: "local" or "ray".
 
     Returns:
         A JSON-ready dict (`peak_tflops` and `data` are filled in by the runner as stages measure them).
+        The CUDA keys (`device.cuda_facts`) are present on every device, None where not applicable.
     """
+    from nin_bench.device import cuda_facts
+
     commit, dirty = git_state(Path(__file__).resolve().parent)
     return {
         "nin_bench_version": _version("nin_bench"),
@@ -64,9 +80,12 @@ def build_manifest(*, device: str, device_name: str, threads: int, protocol: str
         "pandas_version": _version("pandas"),
         "device": device,
         "device_name": device_name,
+        **cuda_facts(device),
+        "cuda_fallback": cuda_fallback,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "executor": executor,
         "platform": platform.platform(),
         "git_commit": commit,
         "git_dirty": dirty,

@@ -345,3 +345,25 @@ def build_model(name: str, *, n_1x1: int = 2, head: str = "gap", dropout: float 
     model = NiN(features, head_mod, spec)
     init_weights(model, init)
     return model
+
+
+class GlobalMeanPool(nn.Module):
+    """The GAP as a mean over height and width: the same function as AdaptiveAvgPool2d(1), whose CUDA backward
+    accumulates with atomic adds (torch refuses it under deterministic algorithms); a mean's backward does not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
+def deterministic_gap(model: nn.Module) -> nn.Module:
+    """Swap every AdaptiveAvgPool2d(1) of `model` for `GlobalMeanPool`, in place (for deterministic mode only:
+    the default keeps torch's pooling op, whose rounding the committed results were measured with).
+
+    Returns:
+        The same model.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, GlobalMeanPool())
+    return model

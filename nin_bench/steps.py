@@ -1,7 +1,8 @@
-"""The one optimisation step shared by the timing stage and the training loop.
+"""The one optimisation step shared by the timing stage and the training loop, and the dtype rules around it.
 
 Keeping a single `train_step` means the throughput the timing stage reports is the throughput of the step the
-trainer actually runs (no second, slightly different copy to drift apart).
+trainer actually runs (no second, slightly different copy to drift apart): fp16 includes its GradScaler there
+too, because unscaling, the inf check and the skipped steps are part of what a real fp16 step costs.
 """
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.Abstract
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
 
+def grad_scaler(device_type: str, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 autocast (its gradients underflow without one: bf16 has fp32's range and needs
+    none), else None.
+
+    Args:
+        device_type: "cuda" or "cpu" (torch.amp.GradScaler supports both).
+        dtype: the autocast dtype, or None for fp32.
+    """
+    return torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -39,11 +51,13 @@ def train_step(
     *,
     autocast_dtype: torch.dtype | None = None,
     label_smoothing: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
     """Run forward, cross-entropy, backward and one optimizer step.
 
     No `.item()` or other host sync happens here: on CUDA the caller decides when to wait, so the step can be
-    queued back to back (and timed with CUDA events).
+    queued back to back (and timed with CUDA events). With a scaler, `scaler.step` skips the update when the
+    scaled gradients hold inf/NaN and `scaler.update` adapts the scale (torch's AMP recipe).
 
     Args:
         model: the network, already in train mode and on x's device.
@@ -53,14 +67,20 @@ def train_step(
         autocast_dtype: torch.bfloat16 / torch.float16 to run forward and loss under autocast on x's device type;
             None for plain fp32.
         label_smoothing: passed to cross-entropy.
+        scaler: a GradScaler (see `grad_scaler`) for fp16, else None.
 
     Returns:
-        The loss as a detached 0-d tensor (still on the device).
+        The (unscaled) loss as a detached 0-d tensor (still on the device).
     """
     with autocast(x.device.type, autocast_dtype):
         loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
     # set_to_none skips a memset per parameter and lets backward write fresh gradients.
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss.detach()

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nin_bench.steps import DTYPES, amp_dtype, autocast, train_step
+from nin_bench.compiled import check_compiled, compile_fresh, compile_stats, no_eager_fallback
+from nin_bench.device import configure_cuda, fp32_precision, free_device_memory, is_oom, matmul_precision_like_convs
+from nin_bench.steps import DTYPES, amp_dtype, autocast, grad_scaler, train_step
 
 MODES = ("forward", "train_step")
 _MIB = 2**20
@@ -161,7 +163,9 @@ def _make_iteration(
         return forward
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    return lambda: train_step(model, optimizer, x, y, autocast_dtype=amp_dtype(dtype))
+    amp = amp_dtype(dtype)
+    scaler = grad_scaler(device.type, amp)  # fp16 steps carry their loss scaling, as in training
+    return lambda: train_step(model, optimizer, x, y, autocast_dtype=amp, scaler=scaler)
 
 
 def _summarise(times_ms: list[float], batch_size: int) -> dict[str, float]:
@@ -193,6 +197,7 @@ def _measure(
     model: nn.Module, input_shape: tuple[int, ...], device: torch.device, opts: dict[str, Any]
 ) -> dict[str, Any]:
     """The protocol itself; `time_model` documents the arguments (opts holds its keyword options)."""
+    cuda_settings = configure_cuda(deterministic=False) if device.type == "cuda" else {"cudnn_benchmark": None}
     memory = _PeakMemory(device)
     memory.start()
     net = copy.deepcopy(model).to(device)  # a copy: train_step would otherwise change the caller's weights
@@ -200,11 +205,15 @@ def _measure(
         net = net.to(memory_format=torch.channels_last)
     x, y = _make_batch(input_shape, opts["batch_size"], opts["num_classes"], device, opts["channels_last"])
     if opts["compile"]:
-        net = torch.compile(net)  # shares the copy's parameters, so the optimizer below steps the same weights
+        net = compile_fresh(net)  # shares the copy's parameters, so the optimizer below steps the same weights
     fn = _make_iteration(net, opts["mode"], x, y, device, opts["dtype"])
     grad_mode = torch.inference_mode() if opts["mode"] == "forward" else contextlib.nullcontext()
-    with grad_mode:
+    compiled: dict[str, Any] = {"compiled_graphs": None, "graph_breaks": None}
+    with grad_mode, (no_eager_fallback() if opts["compile"] else contextlib.nullcontext()):
         compile_s = _first_call_s(fn, device) if opts["compile"] else None
+        if opts["compile"]:
+            compiled = compile_stats()
+            check_compiled(compiled)
         for _ in range(opts["warmup"]):
             fn()
         times_ms = _iteration_times_ms(fn, device, opts["repeats"])
@@ -218,6 +227,9 @@ def _measure(
         "peak_mem_mb": peak_mem_mb,
         "peak_mem_method": peak_mem_method,
         "compile_s": compile_s,
+        **compiled,
+        "cudnn_benchmark": cuda_settings["cudnn_benchmark"],
+        "fp32_conv_precision": fp32_precision("conv") if device.type == "cuda" else None,
     }
 
 
@@ -246,18 +258,23 @@ def time_model(
         device: "cpu", "cuda", "cuda:1", ...
         dtype: "fp32", or "bf16"/"fp16" run under autocast (weights and inputs stay fp32).
         channels_last: convert model and input to torch.channels_last.
-        compile: wrap the copy in torch.compile; the first call's wall time is reported as `compile_s`.
+        compile: wrap the copy in torch.compile after resetting dynamo (static shapes, whole graph, no eager
+            fallback: see `nin_bench.compiled`); the first call's wall time, which holds the whole compile, is
+            reported as `compile_s`, and the graphs dynamo built as `compiled_graphs`.
         warmup: untimed iterations after the first call.
         repeats: timed iterations (>= 1).
         num_classes: range of the random labels.
 
     Returns:
         A flat dict: mode, batch_size, dtype, channels_last, compile, threads, warmup, repeats, ms_median, ms_iqr,
-        ms_p25, ms_p75, ms_min, img_per_s, peak_mem_mb (MiB, or None), peak_mem_method, compile_s (s, or None).
+        ms_p25, ms_p75, ms_min, img_per_s, peak_mem_mb (MiB, or None), peak_mem_method, compile_s (s, or None),
+        compiled_graphs, graph_breaks (None unless compiled), cudnn_benchmark, fp32_conv_precision (None on CPU).
+        On CUDA, cuDNN autotuning is switched on first (`device.configure_cuda`); the warm-up absorbs it.
 
     Raises:
         ValueError: unknown mode or dtype, or repeats < 1.
-        torch.cuda.OutOfMemoryError: the batch does not fit; the cache is emptied first so the sweep can go on.
+        torch.cuda.OutOfMemoryError: the batch does not fit (also when torch.compile wrapped the OOM); memory is
+            freed first so the sweep can go on.
     """
     if mode not in MODES or dtype not in DTYPES or repeats < 1 or warmup < 0:
         raise ValueError(
@@ -269,43 +286,62 @@ def time_model(
                 warmup=warmup, repeats=repeats, num_classes=num_classes)
     try:
         return _measure(model, input_shape, device, opts)
-    except torch.cuda.OutOfMemoryError as exc:
-        message = str(exc)
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     # Outside the except block the traceback (whose frames hold the model copy and activations) is released,
-    # so emptying the cache here actually returns that memory before the next batch size is tried.
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    # so collecting and emptying the cache here actually returns that memory before the next setting is tried.
+    free_device_memory(device)
     raise torch.cuda.OutOfMemoryError(message)
 
 
 def matmul_peak_flops(device: str | torch.device, dtype: str = "fp32", n: int | None = None) -> float:
-    """Achievable FLOP/s of the device: best of 5 timed n x n matmuls in `dtype` (the MFU reference).
+    """Achievable FLOP/s of the device: the best of many timed n x n matmuls in `dtype` (the MFU reference).
 
-    On CUDA in fp32 the matmul follows cuDNN's TF32 setting (on by default), as the model's convolutions do.
+    On CUDA in fp32 the matmul runs in the precision cuDNN gives fp32 convolutions (TF32 by default), as the
+    model's convolutions do. A too-small or too-briefly warmed GEMM under-reads the peak and inflates MFU: on an
+    H100 a 4096^3 GEMM takes ~0.3 ms, so CUDA uses 8192^3, at least 0.5 s of warm-up (clocks, cuBLAS heuristics)
+    and the best of 30.
 
     Args:
         device: "cpu" or a CUDA device.
         dtype: "fp32", "bf16" or "fp16".
-        n: matrix size; None means 4096 (large enough to saturate tensor cores, and the CPU's BLAS).
+        n: matrix size; None means 8192 on CUDA and 4096 on the CPU (on 2 cores 2048^2 under-read by ~17 %).
 
     Returns:
         2 * n**3 / (best time in seconds).
     """
     device = torch.device(device)
-    n = n if n is not None else 4096  # on 2 CPU cores 2048^2 reached 0.28 TFLOP/s, 4096^2 0.33: use the larger
+    cuda = device.type == "cuda"
+    n = n if n is not None else (8192 if cuda else 4096)
+    warmup_s, warmup_min, repeats = (0.5, 10, 30) if cuda else (0.0, 2, 5)
     gen = torch.Generator().manual_seed(_INPUT_SEED)
     a = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
     b = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
-    # fp32 convolutions run on TF32 tensor cores by default (cudnn.allow_tf32) while fp32 matmuls do not: measure
-    # the fp32 peak with the convs' setting, or fp32 MFU could exceed 1.
-    tf32 = torch.backends.cudnn.allow_tf32 if device.type == "cuda" and dtype == "fp32" else None
-    previous = torch.backends.cuda.matmul.allow_tf32
-    try:
-        if tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-        for _ in range(2):  # warm-up: cuBLAS handle / heuristics and CPU thread pool start-up
+    precision = matmul_precision_like_convs() if cuda and dtype == "fp32" else contextlib.nullcontext()
+    with precision:
+        t0, done = time.perf_counter(), 0
+        while done < warmup_min or time.perf_counter() - t0 < warmup_s:
             torch.mm(a, b)
-        best_ms = min(_iteration_times_ms(lambda: torch.mm(a, b), device, repeats=5))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+            done += 1
+            if cuda and done % 10 == 0:
+                _sync(device)  # the wall clock must see the work, not the queue
+        best_ms = min(_iteration_times_ms(lambda: torch.mm(a, b), device, repeats=repeats))
     return 2 * n**3 / (best_ms / 1e3)
+
+
+def utilisation(img_per_s: float, flops_per_img: float | None, peak_flops: float) -> dict[str, Any]:
+    """Achieved TFLOP/s and MFU: (FLOPs per image x img/s) / the run's matmul peak in the same dtype.
+
+    Args:
+        img_per_s: measured throughput.
+        flops_per_img: FLOPs of one image's forward (or forward + backward), None when unknown.
+        peak_flops: the device's matmul FLOP/s (`matmul_peak_flops`).
+
+    Returns:
+        {"flops_per_img", "achieved_tflops", "peak_tflops", "mfu"} (None where FLOPs are unknown).
+    """
+    achieved = None if flops_per_img is None else img_per_s * flops_per_img
+    return {"flops_per_img": flops_per_img, "achieved_tflops": None if achieved is None else achieved / 1e12,
+            "peak_tflops": peak_flops / 1e12, "mfu": None if achieved is None else achieved / peak_flops}

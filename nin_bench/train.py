@@ -2,12 +2,19 @@
 
 Design (issue 3): the data set lives on the device as uint8; each epoch a CPU generator seeded from (seed, epoch)
 draws the order and the augmentation, so every variant trained with one seed sees the same batches and crops
-(differences between variants are paired), and a resumed run replays exactly the same epochs. Batches are gathered
-by index, augmented, converted to float and normalised on the device. The hot loop never waits for the device:
-loss and correct counts accumulate in device tensors and are read once per epoch.
+(differences between variants are paired), and a resumed run draws exactly what the uninterrupted run drew. Batches
+are gathered by index, augmented, converted to float and normalised on the device. The hot loop never waits for the
+device: loss and correct counts accumulate in device tensors and are read once per epoch.
+
+Reproducibility: on the CPU (same machine, same thread count) a run, resumed or not, is bit-identical to the
+uninterrupted run. On CUDA it is not by default: cuDNN's autotuned backward algorithms and the GAP's
+adaptive-pool backward accumulate with atomic adds, so last bits differ between runs. `train.deterministic: true`
+asks for deterministic algorithms (see `device.configure_cuda`, `models.deterministic_gap`) at a speed cost the
+GPU self-check measures; every final record says whether its run is `bit_reproducible`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,20 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from nin_bench import augment as aug
 from nin_bench.checkpoint import load_checkpoint, save_checkpoint
-from nin_bench.data import Dataset, channel_stats
+from nin_bench.compiled import compile_fresh, compile_stats, no_eager_fallback, warm_up
+from nin_bench.data import Dataset
+from nin_bench.device import configure_cuda
+from nin_bench.models import deterministic_gap
 from nin_bench.schedule import build_scheduler
-from nin_bench.steps import amp_dtype, autocast, resolve_dtype, train_step
+from nin_bench.split import Split, confidence_maps, evaluate, split_data
+from nin_bench.steps import amp_dtype, grad_scaler, resolve_dtype, train_step
 
 ETA_STEPS = 5  # steps timed for the ETA printed at the start of a run
-MAP_IMAGES = 10  # one test image per class (the first 10 classes) for the GAP confidence-map figure
 
 
 @dataclass
@@ -50,31 +58,6 @@ class TrainResult:
 
 
 @dataclass
-class _Split:
-    """The device-resident uint8 data of one run and how to turn a batch into network input."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    scale: torch.Tensor  # [1, C, 1, 1]: 1 / (255 * std)
-    shift: torch.Tensor  # [1, C, 1, 1]: -mean / std
-    input_size: int | None
-    channels_last: bool
-
-    def prep(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, C, H, W] -> normalised float32 network input (resized first when input_size asks)."""
-        memory = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = x.to(torch.float32)
-        if self.input_size is not None and self.input_size != x.shape[-1]:
-            # Resize before normalising, on the device, bilinear like d2l's transforms.Resize(224).
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return x.contiguous(memory_format=memory).mul_(self.scale).add_(self.shift)
-
-
-@dataclass
 class _State:
     """Everything that changes from epoch to epoch and must survive a restart (checkpointed)."""
 
@@ -85,74 +68,6 @@ class _State:
     images: int = 0  # training images stepped so far
     reached_s: dict[str, float | None] = field(default_factory=dict)  # time_to_acc_<pct>_s -> seconds
     diverged_epoch: int | None = None
-
-
-def split_data(dataset: Dataset, settings: Any, device: torch.device, input_size: int | None) -> _Split:
-    """Hold out the validation images, take the training subset, move everything to the device.
-
-    Args:
-        dataset: the decoded data set.
-        settings: TrainSettings (val_size, subset, channels_last).
-        device: where training runs.
-        input_size: network input side, or None for the data's own size.
-
-    Returns:
-        The run's data. Validation = the last `val_size` training images; training = the first `subset` of the rest
-        (the same images for every variant and seed); normalisation statistics come from those training images.
-    """
-    n = dataset.train_x.shape[0]
-    if settings.val_size >= n:
-        raise ValueError(f"train.val_size {settings.val_size} leaves no training images (the set has {n})")
-    keep = n - settings.val_size
-    if settings.subset is not None:
-        keep = min(keep, settings.subset)
-    train_x, train_y = dataset.train_x[:keep], dataset.train_y[:keep]
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in channel_stats(train_x))
-    on = (lambda t: t.to(device))
-    return _Split(on(train_x), on(train_y), on(dataset.train_x[n - settings.val_size:]),
-                  on(dataset.train_y[n - settings.val_size:]), on(dataset.test_x), on(dataset.test_y),
-                  on(1.0 / (255.0 * std)), on(-mean / std), input_size, settings.channels_last)
-
-
-def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """Resolve train.dtype: "auto" is bf16 autocast on CUDA and plain fp32 elsewhere.
-
-    Args:
-        dtype: "auto", "fp32", "bf16" or "fp16".
-        device: the training device.
-
-    Returns:
-        The autocast dtype, or None for fp32.
-    """
-    return amp_dtype(resolve_dtype(dtype, device.type))
-
-
-def evaluate(net: nn.Module, split: _Split, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             amp: torch.dtype | None) -> tuple[float | None, float | None]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode under inference_mode.
-
-    Args:
-        net: the network (train mode is restored afterwards).
-        split: supplies `prep`.
-        x, y: uint8 images and labels on the device.
-        batch_size: images per forward pass.
-        amp: autocast dtype or None.
-
-    Returns:
-        (loss, accuracy), or (None, None) for an empty set.
-    """
-    if x.shape[0] == 0:
-        return None, None
-    net.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    with torch.inference_mode(), autocast(x.device.type, amp):
-        for i in range(0, x.shape[0], batch_size):
-            logits = net(split.prep(x[i:i + batch_size])).float()
-            loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum")
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
-    net.train()
-    return loss_sum.item() / x.shape[0], correct.item() / x.shape[0]
 
 
 def epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Generator]:
@@ -187,11 +102,12 @@ class _Loop:
     net: nn.Module  # the model, or its torch.compile wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    split: _Split
+    split: Split
     settings: Any
     augment: str
     amp: torch.dtype | None
     seed: int
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
     bar: Any = None  # tqdm, set once the start epoch is known
     logits: list = field(default_factory=list)  # filled by a forward hook: train accuracy without a 2nd forward
 
@@ -224,7 +140,7 @@ def _train_epoch(loop: _Loop, epoch: int, eta: Callable[[float], None] | None) -
         x = split.prep(aug.apply(split.train_x[idx], draws.slice(start, stop)))
         y = split.train_y[idx]
         loss = train_step(loop.net, loop.optimizer, x, y, autocast_dtype=loop.amp,
-                          label_smoothing=loop.settings.label_smoothing)
+                          label_smoothing=loop.settings.label_smoothing, scaler=loop.scaler)
         lr = loop.optimizer.param_groups[0]["lr"]  # the lr this step used (a Python float: no sync)
         loop.scheduler.step()
         loss_sum += loss * (stop - start)
@@ -241,36 +157,12 @@ def _train_epoch(loop: _Loop, epoch: int, eta: Callable[[float], None] | None) -
     return loss_sum.item() / images, correct.item() / images, images, lr
 
 
-def _fingerprint(model: nn.Module, settings: Any, seed: int, split: _Split, source_sha256: str) -> str:
+def _fingerprint(model: nn.Module, settings: Any, seed: int, split: Split, source_sha256: str) -> str:
     """What must match for a checkpoint to belong to this run (settings, seed, model shape, data)."""
     dump = settings.model_dump() if hasattr(settings, "model_dump") else vars(settings)
     return json.dumps({"settings": dump, "seed": seed, "spec": getattr(model, "spec", None),
                        "train_size": int(split.train_x.shape[0]), "input_size": split.input_size,
                        "data": source_sha256}, sort_keys=True, default=str)
-
-
-def confidence_maps(model: nn.Module, split: _Split, classes: list[str]) -> dict[str, np.ndarray]:
-    """The GAP class maps of the first test image of each of the first 10 classes (fp32, eval mode).
-
-    Args:
-        model: a GAP-head NiN (`forward_features` returns [B, num_classes, h, w]).
-        split: the run's data.
-        classes: class names.
-
-    Returns:
-        maps float32 [k, num_classes, h, w], images uint8 [k, C, H, W], labels, preds int64 [k], classes str.
-    """
-    idx = [int(torch.nonzero(split.test_y == c)[0]) for c in range(min(MAP_IMAGES, len(classes)))
-           if bool((split.test_y == c).any())]
-    images = split.test_x[idx]
-    model.eval()
-    with torch.inference_mode():
-        maps = model.forward_features(split.prep(images)).float()
-        preds = model.forward_head(maps).argmax(1)
-    model.train()
-    return {"maps": maps.cpu().numpy().astype(np.float32), "images": images.cpu().numpy(),
-            "labels": split.test_y[idx].cpu().numpy(), "preds": preds.cpu().numpy(),
-            "classes": np.array(classes, dtype=str)}
 
 
 def _acc_key(fraction: float) -> str:
@@ -346,26 +238,48 @@ def _run_epochs(loop: _Loop, model: nn.Module, state: _State, checkpoint: Path |
             state.diverged_epoch = epoch
         elif checkpoint is not None:
             save_checkpoint(checkpoint, model=model, optimizer=loop.optimizer, scheduler=loop.scheduler,
-                            state=vars(state), fingerprint=fingerprint)
+                            scaler=loop.scaler, state=vars(state), fingerprint=fingerprint)
         if on_epoch is not None:
             on_epoch(row)
         if diverged:
             return
 
 
-def _make_loop(model: nn.Module, split: _Split, settings: Any, dataset_name: str, device: torch.device,
+def _make_loop(model: nn.Module, split: Split, settings: Any, dataset_name: str, device: torch.device,
                seed: int) -> _Loop:
     """Put the model on the device and build the optimizer, the per-iteration scheduler and the loop parts."""
     model.to(device).train()
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if settings.compile else model  # shares the parameters the optimizer steps
+    # compile_fresh shares the parameters the optimizer steps, and resets dynamo so this run's graphs count alone
+    net = compile_fresh(model) if settings.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 nesterov=settings.nesterov and settings.momentum > 0,
                                 weight_decay=settings.weight_decay)
     steps = len(_batches(split.train_x.shape[0], settings.batch_size))
+    amp = amp_dtype(resolve_dtype(settings.dtype, device.type))
     return _Loop(net, optimizer, build_scheduler(optimizer, settings, steps), split, settings,
-                 aug.resolve_augment(settings.augment, dataset_name), autocast_dtype(settings.dtype, device), seed)
+                 aug.resolve_augment(settings.augment, dataset_name), amp, seed, grad_scaler(device.type, amp))
+
+
+def _eval_batches(split: Split, batch_size: int) -> list[torch.Tensor]:
+    """One uint8 batch of every shape evaluation will feed the network (full batches and each set's remainder)."""
+    batches: dict[int, torch.Tensor] = {}
+    for x in (split.val_x, split.test_x):
+        n = x.shape[0]
+        for k in {min(batch_size, n), n % batch_size if n > batch_size else 0} - {0}:
+            batches.setdefault(k, x[:k])
+    return list(batches.values())
+
+
+def _compile_warm_up(loop: _Loop, model: nn.Module) -> float | None:
+    """Compile every graph the run will call before its clock starts (None when not compiling); see warm_up."""
+    if not loop.settings.compile:
+        return None
+    n = min(loop.settings.batch_size, loop.split.train_x.shape[0])
+    train_batch = (loop.split.prep(loop.split.train_x[:n]), loop.split.train_y[:n])
+    evals = [loop.split.prep(x) for x in _eval_batches(loop.split, loop.settings.eval_batch_size)]
+    return warm_up(loop.net, model, train_batch, evals, loop.amp)
 
 
 def _final(loop: _Loop, state: _State, test: tuple[float | None, float | None]) -> dict:
@@ -382,6 +296,17 @@ def _final(loop: _Loop, state: _State, test: tuple[float | None, float | None]) 
         "test_size": int(loop.split.test_x.shape[0]),
         "augment": loop.augment,
     }
+
+
+def _run_facts(loop: _Loop, device: torch.device, compile_s: float | None) -> dict:
+    """How the run ran: compile time apart from the epochs, cuDNN autotuning, fp16 loss scaling, reproducibility."""
+    settings = loop.settings
+    return {"compile": settings.compile, "compile_s": compile_s,
+            **(compile_stats() if settings.compile else {"compiled_graphs": None, "graph_breaks": None}),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
+            "grad_scaler": loop.scaler is not None, "deterministic": settings.deterministic,
+            # the CPU path is deterministic for a fixed thread count; CUDA only in deterministic mode
+            "bit_reproducible": device.type == "cpu" or settings.deterministic}
 
 
 def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: str | torch.device, seed: int,
@@ -406,27 +331,36 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
         TrainResult with per-epoch records, the final record and (GAP head, not diverged) the confidence maps.
     """
     device = torch.device(device)
+    if device.type == "cuda":
+        configure_cuda(settings.deterministic)
+    if settings.deterministic:
+        deterministic_gap(model)
     split = split_data(dataset, settings, device, input_size)
     loop = _make_loop(model, split, settings, dataset.name, device, seed)
     checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
     fingerprint = _fingerprint(model, settings, seed, split, dataset.source_sha256)
     saved = load_checkpoint(checkpoint, model=model, optimizer=loop.optimizer, scheduler=loop.scheduler,
-                            fingerprint=fingerprint) if checkpoint else None
+                            scaler=loop.scaler, fingerprint=fingerprint) if checkpoint else None
     state = _State(**saved) if saved else _State()
     loop.bar = tqdm(total=settings.epochs * loop.steps_per_epoch, initial=state.epoch * loop.steps_per_epoch,
                     desc=f"train seed {seed}", unit="step", disable=not progress, leave=False)
     if state.epoch:
         tqdm.write(f"seed {seed}: resumed from {checkpoint} after epoch {state.epoch} of {settings.epochs}")
-    # Train accuracy from the step's own logits: a hook on the network, only in train mode.
-    hook = loop.net.register_forward_hook(lambda m, i, out: loop.logits.append(out.detach()) if m.training else None)
-    try:
-        _run_epochs(loop, model, state, checkpoint, fingerprint, on_epoch, show_eta=progress)
-    finally:
-        hook.remove()
-        loop.bar.close()
-    ok = state.diverged_epoch is None
-    test = (evaluate(loop.net, split, split.test_x, split.test_y, settings.eval_batch_size, loop.amp)
-            if ok else (None, None))
+    guard = no_eager_fallback() if settings.compile else contextlib.nullcontext()
+    with guard:
+        compile_s = _compile_warm_up(loop, model)  # before any clock starts: epoch 1 is not billed for it
+        # Train accuracy from the step's own logits: a hook on the network, only in train mode.
+        hook = loop.net.register_forward_hook(
+            lambda m, i, out: loop.logits.append(out.detach()) if m.training else None)
+        try:
+            _run_epochs(loop, model, state, checkpoint, fingerprint, on_epoch, show_eta=progress)
+        finally:
+            hook.remove()
+            loop.bar.close()
+        ok = state.diverged_epoch is None
+        test = (evaluate(loop.net, split, split.test_x, split.test_y, settings.eval_batch_size, loop.amp)
+                if ok else (None, None))
     gap = getattr(model, "spec", {}).get("head") == "gap"
     maps = confidence_maps(model, split, dataset.classes) if ok and gap else None
-    return TrainResult(epochs=list(state.history), final=_final(loop, state, test), maps=maps)
+    final = {**_final(loop, state, test), **_run_facts(loop, device, compile_s)}
+    return TrainResult(epochs=list(state.history), final=final, maps=maps)
