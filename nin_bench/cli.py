@@ -1,7 +1,7 @@
 """Command line: parse arguments, call one library function, map user errors to exit code 2.
 
     python -m nin_bench run CONFIG [--out DIR] [--stages profile,timing] [--set k=v]... [--device auto|cpu|cuda]
-                                   [--quick] [--full] [--no-progress]
+                                   [--quick] [--full] [--no-progress] [--executor local|ray] [--ray-address ADDR]
     python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full]
     python -m nin_bench inspect PRESET|CONFIG [--set k=v]...
     python -m nin_bench report DIR
@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help="comma-separated subset of profile,timing,train (default: the YAML's)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the YAML's device")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: unit after unit in this process (default); ray: one Ray task per unit")
+    run.add_argument("--ray-address", help="with --executor ray: 'auto' or ray://host:port joins a running cluster "
+                                           "(default: start a local Ray instance on this machine)")
     for cmd in (run, sub.add_parser("list", help="print the expanded grid (no work)")):
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         cmd.add_argument("--quick", action="store_true", help="smoke protocol: 1 epoch, small subset, few repeats")
@@ -41,8 +46,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolved(args: argparse.Namespace):
-    """Load the YAML with --set/--stages/--device applied, then the protocol blocks."""
+    """Load the YAML with --set/--stages/--device applied, then the protocol blocks.
+
+    Returns:
+        (config, protocol, device, cuda_fallback): the last is why `device: auto` fell back to the CPU on a CUDA
+        build of torch (None when it did not).
+    """
     from nin_bench.config import load_config, resolve_protocol
+    from nin_bench.device import CUBLAS_DETERMINISTIC
 
     sets = list(args.set)
     if getattr(args, "stages", None):
@@ -50,24 +61,44 @@ def _resolved(args: argparse.Namespace):
     if getattr(args, "device", None):
         sets.append(f"device={args.device}")
     cfg = load_config(args.config, sets)
+    if cfg.train.deterministic:  # cuBLAS reads this when it starts: set it before torch touches the GPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
     import torch
 
-    return resolve_protocol(cfg, cuda=torch.cuda.is_available(), quick=args.quick, full=args.full, sets=args.set)
+    from nin_bench.device import cuda_fallback_reason
+
+    cuda = torch.cuda.is_available()
+    fallback = cuda_fallback_reason() if cfg.device == "auto" and not cuda else None
+    cfg, protocol, device = resolve_protocol(cfg, cuda=cuda, quick=args.quick, full=args.full, sets=args.set)
+    return cfg, protocol, device, fallback
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nin_bench.runner import run_suite
 
-    cfg, protocol, _ = _resolved(args)
+    if args.executor == "ray":
+        _require_ray()
+    elif args.ray_address:
+        raise UserError("--ray-address needs --executor ray")
+    cfg, protocol, _, fallback = _resolved(args)
     out = args.out or Path("results") / cfg.name
-    run_suite(cfg, out, protocol=protocol, progress=not args.no_progress)
+    run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
+              ray_address=args.ray_address, cuda_fallback=fallback)
     return 0
+
+
+def _require_ray() -> None:
+    """Fail with one line when Ray, an optional extra, is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install 'ray>=2.9')")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from nin_bench.variants import expand_grid, input_size_of
 
-    cfg, protocol, device = _resolved(args)
+    cfg, protocol, device, _ = _resolved(args)
     variants = expand_grid(cfg)
     print(f"{cfg.name}: {len(variants)} variants x seeds {list(cfg.seeds)}; stages {', '.join(cfg.stages)}; "
           f"{protocol} protocol on {device}")
@@ -86,13 +117,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from nin_bench.report import build_report
-    from nin_bench.summary import write_summary
+    from nin_bench.report import rebuild
+    from nin_bench.results_dir import ResultsDir
 
-    if not (args.results_dir / "records.jsonl").exists():
-        raise FileNotFoundError(f"no records.jsonl in {args.results_dir}: run `python -m nin_bench run CONFIG` first")
-    write_summary(args.results_dir)
-    print(build_report(args.results_dir))
+    rd = ResultsDir(args.results_dir)
+    if not rd.records.exists():
+        raise FileNotFoundError(f"no {rd.records.name} in {rd.root}: run `python -m nin_bench run CONFIG` first")
+    with rd.lock("report"):
+        print(rebuild(rd))
     return 0
 
 

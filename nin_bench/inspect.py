@@ -12,8 +12,7 @@ from nin_bench.config import (
     validate,
 )
 from nin_bench.profile import format_layer_table, layer_table
-from nin_bench.stages import RunContext, make_model, shape_of
-from nin_bench.variants import expand_grid
+from nin_bench.variants import build_variant_model, expand_grid
 
 # The data set each preset is shown on when only a preset is named: d2l's NiN is its Fashion-MNIST model.
 _PRESET_DATA = {"nin_cifar": "cifar10", "nin_d2l": "fashion_mnist"}
@@ -43,10 +42,18 @@ def inspect_target(target: str, sets: list[str]) -> str:
         cfg = load_config(Path(target), sets)
     else:
         raise ConfigError(f"{target!r} is neither a preset ({', '.join(PRESETS)}) nor a suite YAML file")
-    ctx = RunContext(Path("."), "cpu", "", "inspect", progress=False)
     out = []
     for v in expand_grid(cfg):
-        c, side, _ = shape_of(v, ctx)
-        rows = layer_table(make_model(v, ctx), (c, side, side))
+        shape = v.data_shape(_load)
+        rows = layer_table(build_variant_model(v, shape), shape.input_shape)
+        c, side = shape.channels, shape.side
         out.append(f"{v.id}  (input {c}x{side}x{side})\n{format_layer_table(rows)}")
     return "\n\n".join(out)
+
+
+def _load(variant):
+    """An image tree's data set (its channels, size and classes make the model's shape)."""
+    from nin_bench.data import load_dataset
+
+    d = variant.config.data
+    return load_dataset(d.dataset, root=d.root, download=d.download, path=d.path)

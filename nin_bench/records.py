@@ -1,16 +1,20 @@
-"""Flat result records on disk: append one JSON object per line, atomically, and read them back.
+"""Flat result records: their JSON form, what each one measures, and which of them are current.
 
-No torch here: the report and the summary read records without importing it.
+No file I/O and no torch here (the results folder owns the file: `nin_bench.results_dir`); the report and the
+summary use these rules without importing torch.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
+import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
-RECORDS_FILE = "records.jsonl"
+# A stage's extra record kinds and the unit they belong to (a unit is recorded once its main record is in).
+_UNIT_STAGE = {"train_epoch": "train", "layer_timing": "timing"}
+# What tells two timing rows of one variant apart.
+_SETTING = ("mode", "batch_size", "dtype", "channels_last", "compile", "layer")
 
 
 def _clean(value: Any) -> Any:
@@ -24,42 +28,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def append_records(results_dir: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Append records to `records.jsonl` in one write, then fsync.
-
-    One `write` of the whole batch on an O_APPEND file keeps a (variant, stage) batch together: a crash
-    leaves either all of it or, at worst, a truncated last line, which `read_records` skips.
-
-    Args:
-        results_dir: the run's results folder (created if missing).
-        records: flat dicts; values must be JSON scalars or lists.
-    """
-    results_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in records)
-    if not text:
-        return
-    fd = os.open(results_dir / RECORDS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    """One JSON object per line (each ending in a newline), values made JSON-safe."""
+    return "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in records)
 
 
-def read_records(results_dir: Path) -> list[dict[str, Any]]:
-    """Read every complete record of a results folder (missing file: empty list).
-
-    Args:
-        results_dir: folder holding `records.jsonl`.
-
-    Returns:
-        The records in file order. A torn last line (a crash mid-write) is skipped.
-    """
-    path = Path(results_dir) / RECORDS_FILE
-    if not path.exists():
-        return []
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """The records of a JSONL text; a line that does not parse (a torn write) is skipped."""
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -67,41 +44,47 @@ def read_records(results_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def record_key(r: dict[str, Any]) -> tuple:
-    """What a record measures: (variant, stage, seed, epoch, timing setting). Later records of a key win."""
-    return (r.get("variant"), r.get("stage"), r.get("seed"), r.get("epoch"), r.get("mode"),
-            r.get("batch_size") if r.get("stage") == "timing" else None, r.get("dtype"), r.get("channels_last"),
-            r.get("compile"))
+    """What a record measures: (variant, stage, seed, epoch), plus the setting (and layer) of a timing row.
+    Later records of a key win."""
+    setting = (tuple(r.get(k) for k in _SETTING) if r.get("stage") in ("timing", "layer_timing") else ())
+    return (r.get("variant"), r.get("stage"), r.get("seed"), r.get("epoch"), *setting)
 
 
-def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the latest record of each key (a retried run replaces its earlier error record).
+def unit_key(r: dict[str, Any]) -> tuple:
+    """The unit of work a record belongs to: (variant, stage, seed); train_epoch rows count as train and
+    layer_timing rows as timing."""
+    stage = _UNIT_STAGE.get(r.get("stage"), r.get("stage"))
+    return (r.get("variant"), stage, r.get("seed"))
+
+
+def is_unit_failure(r: dict[str, Any]) -> bool:
+    """A record saying its unit failed as a whole (an error with no timing setting attached).
+
+    A timing setting that failed (an OOM at one batch size) is a result, not a unit failure: it carries `mode`.
+    A failed unit runs again on the next run; once it succeeds its failure record is void.
+    """
+    return r.get("status") == "error" and r.get("mode") is None
+
+
+def latest_per_key(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the latest record of each `record_key`, and drop unit failures a later success made void.
 
     Args:
         records: all records in file order.
 
     Returns:
-        One record per `record_key`, the last written, in order of first appearance; a unit's error record
-        is dropped when a later run of that unit succeeded.
+        One record per key, the last written, in order of first appearance.
     """
     latest: dict[tuple, dict[str, Any]] = {}
     for r in records:
         latest[record_key(r)] = r
     recovered = {unit_key(r) for r in latest.values() if r.get("status") != "error"}
-    # A whole-unit failure (no timing setting attached) is void once the unit later succeeded.
-    return [r for r in latest.values()
-            if not (r.get("status") == "error" and r.get("mode") is None and unit_key(r) in recovered)]
+    return [r for r in latest.values() if not (is_unit_failure(r) and unit_key(r) in recovered)]
 
 
-def unit_key(r: dict[str, Any]) -> tuple:
-    """The unit of work a record belongs to: (variant, stage, seed); train_epoch rows count as train."""
-    stage = "train" if r.get("stage") == "train_epoch" else r.get("stage")
-    return (r.get("variant"), stage, r.get("seed"))
+def error_text(exc: BaseException) -> str:
+    """A one-line error with the innermost frame, for a record."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}"

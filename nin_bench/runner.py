@@ -1,63 +1,33 @@
-"""Run a suite: expand the grid, run each (variant, stage[, seed]) once, record it, summarise and report.
+"""Run a suite: plan the units, run each once (here or on Ray), record it, then write summary and report.
 
-Resumable: each finished unit appends its records in one write, and a re-run skips units already recorded
-in this folder under the same resolved config. A folder whose records were made elsewhere (committed
-results on a fresh clone, a copied folder) or under another config/protocol is not resumed: its files are
-moved to `.cache/superseded-<time>/` and everything is measured afresh.
+The runner is the only writer of its results folder, and holds the folder's lock for the whole run. Each
+finished unit's records are appended in one crash-safe batch (`ResultsDir.append_records`) before the training
+checkpoint it supersedes is deleted, so a kill at any instant loses at most the unit in progress, which the same
+command resumes from its last epoch. A folder whose records were made elsewhere (committed results on a fresh
+clone, a copied folder) or under another config/protocol is not resumed: its files are moved to
+`.cache/superseded-<time>/` and everything is measured afresh.
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
 import yaml
 from tqdm.auto import tqdm
 
 from nin_bench.config import SuiteConfig
-from nin_bench.data import DataError
-from nin_bench.manifest import build_manifest, cpu_model
-from nin_bench.records import (
-    append_records,
-    current_records,
-    read_records,
-    unit_key,
-    write_atomic,
-)
-from nin_bench.stages import (
-    RunContext,
-    base_record,
-    checkpoint_path,
-    error_text,
-    run_profile,
-    run_timing,
-    run_train,
-)
+from nin_bench.manifest import build_manifest, device_name
+from nin_bench.records import is_unit_failure, latest_per_key, unit_key
+from nin_bench.results_dir import ResultsDir
+from nin_bench.stages import RunContext, Unit, UnitResult, run_unit
 from nin_bench.timing import set_threads
 from nin_bench.variants import Variant, expand_grid
 
-STATE_FILE = Path(".cache") / "state.json"
-# Generated files a superseded folder gives up (everything but the ignored .cache/).
-_GENERATED = ("records.jsonl", "summary.csv", "config.resolved.yaml", "manifest.json", "report.md", "report.html",
-              "tables.tex", "tables.csv", "maps", "figures")
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One piece of work: a stage of a variant (and a seed, for training)."""
-
-    variant: Variant
-    stage: str
-    seed: int | None = None
-
-    @property
-    def key(self) -> tuple[str, str, int | None]:
-        return (self.variant.id, self.stage, self.seed)
+Log = Callable[[str], None]
 
 
 def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
@@ -67,21 +37,19 @@ def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def prepare_out_dir(out_dir: Path, fp: str, log: Callable[[str], None]) -> None:
-    """Make `out_dir` ours: keep it when its state matches `fp`, otherwise move its results aside."""
-    state_path = out_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    present = [n for n in _GENERATED if (out_dir / n).exists()]
+def prepare_out_dir(rd: ResultsDir, fp: str, log: Log) -> None:
+    """Make the folder ours: keep it when its state matches `fp`, otherwise move its results aside."""
+    state = rd.read_state()
+    present = rd.generated()
     if present and state.get("fingerprint") != fp:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        dest = out_dir / ".cache" / f"superseded-{stamp}"
+        dest = rd.superseded()
         dest.mkdir(parents=True, exist_ok=True)
-        for name in present:
-            shutil.move(str(out_dir / name), dest / name)
+        for path in present:
+            shutil.move(str(path), dest / path.name)
         why = "another config or protocol" if state else "another checkout or machine (no local run state)"
-        log(f"{out_dir}: existing results come from {why}; moved them to {dest} and measuring afresh")
-        shutil.rmtree(checkpoint_path(out_dir, "", 0).parent, ignore_errors=True)
-    write_atomic(state_path, json.dumps({"fingerprint": fp}))
+        log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
+        shutil.rmtree(rd.checkpoints, ignore_errors=True)
+    rd.write(rd.state, json.dumps({"fingerprint": fp}))
 
 
 def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple]) -> list[Unit]:
@@ -95,49 +63,56 @@ def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple]) -> list[Un
 
 
 def completed(records: list[dict[str, Any]]) -> set[tuple]:
-    """Keys of units whose final record is in: ok or diverged (a failed unit is retried on the next run;
-    a timing setting that failed, e.g. out of memory, is a result and is not)."""
+    """Keys of units whose final record is in: ok or diverged (a unit that failed as a whole runs again;
+    a timing setting that failed, e.g. out of memory, is a result and does not)."""
     final = {"profile", "timing", "train"}
-    return {unit_key(r) for r in current_records(records)
-            if r.get("stage") in final and (r.get("status") != "error" or r.get("mode") is not None)}
+    return {unit_key(r) for r in latest_per_key(records) if r.get("stage") in final and not is_unit_failure(r)}
 
 
-def device_name(device: str) -> str:
-    """The GPU's name on CUDA, the CPU model otherwise."""
-    return torch.cuda.get_device_name() if device == "cuda" else cpu_model()
+def remove_stale_checkpoints(rd: ResultsDir, done: set[tuple]) -> None:
+    """Delete checkpoints of recorded units (a run killed between the append and the delete leaves one)."""
+    for variant, stage, seed in done:
+        if stage == "train":
+            rd.checkpoint(variant, seed).unlink(missing_ok=True)
 
 
-def write_run_files(cfg: SuiteConfig, out_dir: Path, manifest: dict[str, Any], protocol: str) -> None:
+def write_run_files(rd: ResultsDir, cfg: SuiteConfig, manifest: dict[str, Any], protocol: str) -> None:
     """config.resolved.yaml (every default filled in) and manifest.json beside the results."""
     resolved = {**cfg.model_dump(mode="json"), "protocol": protocol}
-    write_atomic(out_dir / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    rd.write(rd.config, yaml.safe_dump(resolved, sort_keys=False))
+    rd.write(rd.manifest, json.dumps(manifest, indent=2) + "\n")
 
 
-def run_unit(unit: Unit, ctx: RunContext, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run one unit; a failure becomes an error record so the sweep goes on."""
-    vid = unit.variant.id
-    mine = [r for r in records if r.get("variant") == vid and r.get("status") == "ok"]
-    try:
-        if unit.stage == "profile":
-            return run_profile(unit.variant, ctx)
-        if unit.stage == "timing":
-            # FLOPs per image for MFU: from the profile record, else counted here (milliseconds, not recorded)
-            prof = next((r for r in mine if r["stage"] == "profile"), None) or run_profile(unit.variant, ctx)[0]
-            flops = {"forward": prof["flops_fwd"], "train_step": prof["flops_fwd_bwd"]}
-            return run_timing(unit.variant, ctx, flops)
-        return run_train(unit.variant, unit.seed, ctx, [r for r in mine if r["stage"] == "timing"])
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # recorded with its error; the sweep goes on (STYLE 11)
-        if isinstance(exc, DataError):  # user input at the boundary: stop loudly, not once per variant
-            raise
-        row = {**base_record(unit.variant, ctx, unit.stage), "status": "error", "error": error_text(exc)}
-        return [row if unit.seed is None else {**row, "seed": unit.seed}]
+def record_result(rd: ResultsDir, unit: Unit, result: UnitResult, log: Log) -> None:
+    """Store one finished unit: its maps file, then its records (fsync'd), then drop its checkpoint."""
+    if result.maps is not None:
+        import numpy as np  # only a training unit with a GAP head has maps
+
+        with rd.writing(rd.map_file(result.maps_name)) as tmp:
+            np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in result.maps.items()})
+    rd.append_records(result.records)
+    for r in result.records:
+        if is_unit_failure(r):
+            log(f"  {unit.label}: {r['error']}")
+    if unit.stage == "train":
+        rd.checkpoint(unit.variant.id, unit.seed).unlink(missing_ok=True)
 
 
-def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool = True,
-              log: Callable[[str], None] = print) -> Path:
+def variant_records(records: list[dict[str, Any]], variant_id: str) -> list[dict[str, Any]]:
+    """The successful records of one variant (what a later stage of it may reuse: FLOPs, timing rows)."""
+    return [r for r in records if r.get("variant") == variant_id and r.get("status") == "ok"]
+
+
+def run_local(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
+              done: Callable[[Unit, UnitResult], None], bar: tqdm) -> None:
+    """Run the units one after another in this process (the default executor)."""
+    for unit in units:
+        bar.set_postfix_str(unit.label)
+        done(unit, run_unit(unit, ctx, variant_records(records, unit.variant.id)))
+
+
+def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool = True, log: Log = print,
+              executor: str = "local", ray_address: str | None = None, cuda_fallback: str | None = None) -> Path:
     """Run every unrecorded (variant, stage[, seed]) of a resolved suite, then write summary and report.
 
     Args:
@@ -146,37 +121,63 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         protocol: "cpu" | "gpu" | "full" | "quick", recorded everywhere.
         progress: show tqdm bars.
         log: where one-line messages go.
+        executor: "local" (this process, unit after unit) or "ray" (one Ray task per unit).
+        ray_address: None starts a local Ray instance; "auto" or "ray://..." joins a cluster.
+        cuda_fallback: why a CUDA build of torch runs on the CPU here (`device.cuda_fallback_reason`), or None.
 
     Returns:
-        The path of the written report (or of summary.csv when the report could not be built).
+        The path of the written report.
+
+    Raises:
+        FolderBusy: another process is running in this folder.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prepare_out_dir(out_dir, fingerprint(cfg, protocol), log)
-    threads = set_threads(cfg.timing.threads)
-    ctx = RunContext(out_dir, cfg.device, device_name(cfg.device), protocol, progress)
-    manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads, protocol=protocol)
-    write_run_files(cfg, out_dir, manifest, protocol)
-    variants = expand_grid(cfg)
-    records = read_records(out_dir)
-    units = plan(variants, cfg, completed(records))
-    log(f"{cfg.name}: {len(variants)} variants, {len(units)} units to run ({protocol} protocol on "
-        f"{ctx.device_name}, {threads} threads) -> {out_dir}")
-    preload_data(variants, cfg, ctx)
-    bar = tqdm(units, desc=cfg.name, unit="unit", disable=not progress, dynamic_ncols=True)
-    for unit in bar:
-        bar.set_postfix_str(f"{unit.variant.id} {unit.stage}" + ("" if unit.seed is None else f" s{unit.seed}"))
-        new = run_unit(unit, ctx, records)
-        append_records(out_dir, new)
-        records += new
-        for r in new:
-            if r.get("status") == "error" and r.get("mode") is None:
-                log(f"  {unit.variant.id} {unit.stage}: {r['error']}")
-        if unit.stage == "train":
-            checkpoint_path(out_dir, unit.variant.id, unit.seed).unlink(missing_ok=True)
-    manifest.update(peak_tflops={k: v / 1e12 for k, v in ctx.peak_flops.items()},
-                    data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
-    write_run_files(cfg, out_dir, manifest, protocol)
-    return finish(out_dir, log)
+    rd = ResultsDir(out_dir)
+    with rd.lock("run", log):
+        prepare_out_dir(rd, fingerprint(cfg, protocol), log)
+        if cuda_fallback:
+            log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
+        threads = set_threads(cfg.timing.threads)
+        ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress)
+        manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
+                                  protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
+        write_run_files(rd, cfg, manifest, protocol)
+        variants = expand_grid(cfg)
+        records = rd.read_records()
+        done = completed(records)
+        remove_stale_checkpoints(rd, done)
+        units = plan(variants, cfg, done)
+        log(f"{cfg.name}: {len(variants)} variants, {len(units)} units to run ({protocol} protocol on "
+            f"{ctx.device_name}, {threads} threads, {executor} executor) -> {rd.root}")
+        preload_data(variants, cfg, ctx)
+
+        def finished(unit: Unit, result: UnitResult) -> None:
+            record_result(rd, unit, result, log)
+            records.extend(result.records)
+            bar.update(1)
+
+        bar = tqdm(total=len(units), desc=cfg.name, unit="unit", disable=not progress, dynamic_ncols=True)
+        try:
+            if executor == "ray":
+                from nin_bench.ray_executor import run_on_ray
+
+                run_on_ray(units, ctx, records, finished, bar, address=ray_address, threads=threads, log=log)
+            else:
+                run_local(units, ctx, records, finished, bar)
+        finally:
+            bar.close()
+        manifest.update(peak_tflops=peaks_from(records),
+                        data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
+        write_run_files(rd, cfg, manifest, protocol)
+        return finish(rd, log)
+
+
+def peaks_from(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The MFU reference peak (TFLOP/s) per dtype, as the timing rows recorded it (one value per run)."""
+    out: dict[str, float] = {}
+    for r in latest_per_key(records):
+        if r.get("stage") == "timing" and r.get("peak_tflops") is not None:
+            out[r["dtype"]] = max(out.get(r["dtype"], 0.0), r["peak_tflops"])
+    return out
 
 
 def preload_data(variants: list[Variant], cfg: SuiteConfig, ctx: RunContext) -> None:
@@ -186,17 +187,18 @@ def preload_data(variants: list[Variant], cfg: SuiteConfig, ctx: RunContext) -> 
             ctx.dataset(v)
 
 
-def finish(out_dir: Path, log: Callable[[str], None]) -> Path:
+def finish(rd: ResultsDir, log: Log) -> Path:
     """Write summary.csv and the report from the stored records."""
-    from nin_bench.report import build_report
-    from nin_bench.summary import write_summary
+    from nin_bench.report import rebuild
 
-    summary = write_summary(out_dir)
     try:
-        report = build_report(out_dir)
+        report = rebuild(rd)
     except Exception as exc:  # the records are safe; say so rather than lose the run's exit status silently
-        log(f"report failed ({error_text(exc)}); records and {summary.name} are written; "
-            f"retry with: python -m nin_bench report {out_dir}")
+        from nin_bench.records import error_text
+
+        log(f"report failed ({error_text(exc)}); the records are written; "
+            f"retry with: python -m nin_bench report {rd.root}")
         raise
-    log(f"summary: {summary}\nreport:  {report}")
+    log(f"summary: {rd.summary}\nreport:  {report}")
     return report
+

@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from nin_bench.records import current_records, read_records, write_atomic
-
-SUMMARY_FILE = "summary.csv"
+from nin_bench.records import latest_per_key
+from nin_bench.results_dir import ResultsDir
 AXES = ["preset", "n_1x1", "head", "dropout", "width", "batchnorm", "dataset", "in_channels", "input_size",
         "num_classes"]
 PROFILE_COLS = ["params", "macs", "flops_fwd", "flops_fwd_bwd"]
@@ -136,7 +135,7 @@ def build_summary(records: list[dict[str, Any]], reference_batch_size: int | Non
     """One row per variant (in order of first appearance) joining profile, timing and training.
 
     Args:
-        records: flat records, one per measurement (`nin_bench.records.current_records` of the file: a re-run's
+        records: flat records, one per measurement (`nin_bench.records.latest_per_key` of the file: a re-run's
             later record replaces the earlier one).
         reference_batch_size: batch size whose timing is reported; if a variant lacks a successful row there,
             its largest successful batch size is used (and named in `fwd_batch_size` / `train_batch_size`).
@@ -155,7 +154,7 @@ def build_summary(records: list[dict[str, Any]], reference_batch_size: int | Non
     return df
 
 
-def read_config(results_dir: Path) -> dict[str, Any]:
+def read_config(results_dir: Path | ResultsDir) -> dict[str, Any]:
     """Read `config.resolved.yaml` of a results folder ({} if missing).
 
     Args:
@@ -164,11 +163,11 @@ def read_config(results_dir: Path) -> dict[str, Any]:
     Returns:
         The resolved config as a plain dict.
     """
-    path = Path(results_dir) / "config.resolved.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+    return (yaml.safe_load(out.config.read_text()) or {}) if out.config.exists() else {}
 
 
-def write_summary(results_dir: Path) -> Path:
+def write_summary(results_dir: Path | ResultsDir) -> Path:
     """Write `summary.csv` (full precision) from a results folder's records and resolved config.
 
     Args:
@@ -177,10 +176,9 @@ def write_summary(results_dir: Path) -> Path:
     Returns:
         Path of the written `summary.csv`.
     """
-    results_dir = Path(results_dir)
-    ref = (read_config(results_dir).get("timing") or {}).get("reference_batch_size")
-    df = build_summary(current_records(read_records(results_dir)), reference_batch_size=ref)
-    path = results_dir / SUMMARY_FILE
+    out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+    ref = (read_config(out).get("timing") or {}).get("reference_batch_size")
+    df = build_summary(latest_per_key(out.read_records()), reference_batch_size=ref)
     # pandas writes floats with repr (shortest round-trip): the CSV keeps full precision.
-    write_atomic(path, df.to_csv(index=False))
-    return path
+    out.write(out.summary, df.to_csv(index=False))
+    return out.summary

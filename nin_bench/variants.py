@@ -21,6 +21,14 @@ class Variant:
     config: SuiteConfig
     grid_values: tuple[tuple[str, Any], ...]
 
+    def data_shape(self, loader: Any = None) -> "DataShape":
+        """See `data_shape_of`."""
+        return data_shape_of(self, loader)
+
+    def record_columns(self, shape: "DataShape") -> dict[str, Any]:
+        """The flat axis columns every record of this variant carries."""
+        return self.axes(shape.channels, shape.side, shape.num_classes)
+
     def axes(self, in_channels: int, input_size: int, num_classes: int) -> dict[str, Any]:
         """The flat axis columns every record of this variant carries."""
         m, d = self.config.model, self.config.data
@@ -86,3 +94,41 @@ def expand_grid(cfg: SuiteConfig) -> list[Variant]:
         raise ConfigError(f"grid gives duplicate variants {dupes}: remove repeated values from the grid")
     return variants
 
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a variant's model sees: input channels, square input side and class count."""
+
+    channels: int
+    side: int
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input image."""
+        return (self.channels, self.side, self.side)
+
+
+def data_shape_of(variant: "Variant", loader: Any = None) -> DataShape:
+    """The variant's data shape: the built-in data set's facts, or an image tree's own (read through `loader`,
+    a callable variant -> Dataset), at data.input_size or the preset's fixed size when one is set."""
+    d = variant.config.data
+    if d.dataset == "imagefolder":
+        if loader is None:
+            raise ValueError("an imagefolder variant's shape is read from its data: pass a loader")
+        ds = loader(variant)
+        c, side, n = ds.train_x.shape[1], ds.train_x.shape[2], len(ds.classes)
+    else:
+        c, side, n = DATASETS[d.dataset]
+    return DataShape(c, input_size_of(variant.config) or side, n)
+
+
+def build_variant_model(variant: "Variant", shape: DataShape) -> Any:
+    """Build the variant's model (CPU, float32) for its data shape; torch is imported only here."""
+    from nin_bench.models import build_model
+
+    m = variant.config.model
+    return build_model(m.preset, n_1x1=m.n_1x1, head=m.head, dropout=m.dropout, in_channels=shape.channels,
+                       num_classes=shape.num_classes, width=m.width, batchnorm=m.batchnorm, fc_hidden=m.fc_hidden,
+                       input_size=shape.side, init=m.init)

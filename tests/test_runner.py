@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from nin_bench.config import resolve_protocol, validate
-from nin_bench.records import read_records
+from nin_bench.results_dir import ResultsDir
 from nin_bench.runner import run_suite
 
 SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3}
@@ -30,7 +30,7 @@ def test_profile_timing_run_writes_every_file_and_resumes(tmp_path):
     _run(cfg, protocol, tmp_path)
     for name in ("records.jsonl", "summary.csv", "config.resolved.yaml", "manifest.json", "report.md"):
         assert (tmp_path / name).stat().st_size > 0, name
-    records = read_records(tmp_path)
+    records = ResultsDir(tmp_path).read_records()
     assert sum(r["stage"] == "profile" for r in records) == 4
     assert sum(r["stage"] == "timing" for r in records) == 4 * 2 * 2  # variants x modes x batch sizes
     assert all(r["status"] == "ok" and r["protocol"] == "cpu" for r in records)
@@ -44,7 +44,7 @@ def test_profile_timing_run_writes_every_file_and_resumes(tmp_path):
 
     logs = _run(cfg, protocol, tmp_path)  # resume: nothing left to do
     assert "0 units to run" in logs[0]
-    assert len(read_records(tmp_path)) == len(records)
+    assert len(ResultsDir(tmp_path).read_records()) == len(records)
 
 
 def test_foreign_or_changed_results_are_superseded_not_resumed(tmp_path):
@@ -53,7 +53,7 @@ def test_foreign_or_changed_results_are_superseded_not_resumed(tmp_path):
     (tmp_path / ".cache" / "state.json").unlink()  # as on a fresh clone of committed results
     logs = _run(cfg, protocol, tmp_path)
     assert "measuring afresh" in logs[0] and "4 units to run" in logs[1]
-    assert len(read_records(tmp_path)) == 4
+    assert len(ResultsDir(tmp_path).read_records()) == 4
     superseded = list((tmp_path / ".cache").glob("superseded-*/records.jsonl"))
     assert len(superseded) == 1
 
@@ -63,22 +63,22 @@ def test_foreign_or_changed_results_are_superseded_not_resumed(tmp_path):
 
 
 def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    import nin_bench.runner as runner
+    import nin_bench.stages as stages
 
-    real = runner.run_profile
+    real = stages.run_profile
 
     def flaky(variant, ctx):
         if variant.config.model.n_1x1 == 0:
             raise RuntimeError("planted failure")
         return real(variant, ctx)
 
-    monkeypatch.setattr(runner, "run_profile", flaky)
+    monkeypatch.setattr(stages, "run_profile", flaky)
     cfg, protocol = _suite(stages=["profile"])
     _run(cfg, protocol, tmp_path)
-    records = read_records(tmp_path)
+    records = ResultsDir(tmp_path).read_records()
     errors = [r for r in records if r["status"] == "error"]
     assert len(errors) == 2 and all("planted failure" in r["error"] for r in errors)
-    monkeypatch.setattr(runner, "run_profile", real)  # the retry succeeds and replaces the error rows
+    monkeypatch.setattr(stages, "run_profile", real)  # the retry succeeds and replaces the error rows
     logs = _run(cfg, protocol, tmp_path)
     assert "2 units to run" in logs[0]
     summary = pd.read_csv(tmp_path / "summary.csv")
@@ -94,7 +94,7 @@ def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
         timing={**SMALL_TIMING, "batch_sizes": [1, 64], "reference_batch_size": 64},
     )
     _run(cfg, protocol, tmp_path)
-    records = read_records(tmp_path)
+    records = ResultsDir(tmp_path).read_records()
     final = [r for r in records if r["stage"] == "train"]
     assert len(final) == 1 and final[0]["status"] == "ok", final
     assert final[0]["test_acc"] > 0.5, final[0]["test_acc"]  # ten classes: chance is 0.1
@@ -110,6 +110,6 @@ def test_timing_alone_still_reports_mfu(tmp_path):
     cfg, protocol = _suite(stages=["timing"], grid={"model.n_1x1": [1]},
                            timing={**SMALL_TIMING, "batch_sizes": [2], "reference_batch_size": 2})
     _run(cfg, protocol, tmp_path)
-    rows = read_records(tmp_path)
+    rows = ResultsDir(tmp_path).read_records()
     assert [r["stage"] for r in rows] == ["timing", "timing"]  # the FLOPs were counted, not recorded
     assert all(r["mfu"] > 0 for r in rows)

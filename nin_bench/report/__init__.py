@@ -5,6 +5,25 @@ tables.tex (booktabs) and figures/ (PNG 150 dpi + SVG).
 """
 from __future__ import annotations
 
-from nin_bench.report.render import build_report
+from pathlib import Path
 
-__all__ = ["build_report"]
+from nin_bench.report.render import build_report
+from nin_bench.results_dir import ResultsDir
+
+__all__ = ["build_report", "rebuild"]
+
+
+def rebuild(results_dir: Path | ResultsDir) -> Path:
+    """Rewrite summary.csv and the report of a results folder from its stored records (what `run` ends with and
+    what `report` does).
+
+    Args:
+        results_dir: a results folder (path or `ResultsDir`).
+
+    Returns:
+        Path of report.md.
+    """
+    from nin_bench.summary import write_summary  # summary imports nothing of the report: no cycle either way
+
+    write_summary(results_dir)
+    return build_report(results_dir)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from nin_bench.records import current_records, read_records
+from nin_bench.records import latest_per_key
+from nin_bench.results_dir import ResultsDir
 from nin_bench.summary import AXES, build_summary, read_config
 
 STAGES = ("profile", "timing", "train_epoch", "train")
@@ -44,7 +45,7 @@ class Run:
         return (self.config.get("timing") or {}).get("reference_batch_size")
 
 
-def load_run(results_dir: Path) -> Run:
+def load_run(results_dir: Path | ResultsDir) -> Run:
     """Load a results folder.
 
     Args:
@@ -53,15 +54,14 @@ def load_run(results_dir: Path) -> Run:
     Returns:
         A `Run`. Missing files give empty parts, never an error, so partial runs still report.
     """
-    results_dir = Path(results_dir)
-    records = current_records(read_records(results_dir))  # a retried unit's later record replaces the earlier
-    config = read_config(results_dir)
-    mpath = results_dir / "manifest.json"
-    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+    records = latest_per_key(out.read_records())  # a retried unit's later record replaces the earlier
+    config = read_config(out)
+    manifest = json.loads(out.manifest.read_text()) if out.manifest.exists() else {}
     frames = {s: pd.DataFrame([r for r in records if r.get("stage") == s]) for s in STAGES}
     ref = (config.get("timing") or {}).get("reference_batch_size")
     summary = build_summary(records, reference_batch_size=ref)
-    return Run(results_dir, config, manifest, frames, summary, list(summary["variant"]))
+    return Run(out.root, config, manifest, frames, summary, list(summary["variant"]))
 
 
 def grid_axes(config: dict[str, Any], summary: pd.DataFrame | None = None) -> list[str]:

@@ -16,19 +16,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nin_bench.report.plots import save  # noqa: E402
+from nin_bench.results_dir import ResultsDir  # noqa: E402
 
 MAP_KEYS = ("maps", "images", "labels", "preds", "classes")
 
 
 def choose_maps(train: pd.DataFrame, summary: pd.DataFrame, baseline: str | None,
-                results_dir: Path) -> tuple[str, Path] | None:
+                out: ResultsDir) -> tuple[str, Path] | None:
     """The variant whose maps to show for one data set, and its .npz file.
 
     Args:
         train: the data set's "train" records.
         summary: the data set's summary rows (for head and test accuracy).
         baseline: the data set's baseline variant.
-        results_dir: folder the `maps_file` paths are relative to.
+        out: the results folder (records name their maps files in it).
 
     Returns:
         (variant, npz path): the baseline if it is a GAP variant with a saved map file, else the GAP variant with
@@ -41,7 +42,7 @@ def choose_maps(train: pd.DataFrame, summary: pd.DataFrame, baseline: str | None
     for variant in order:
         rows = train[(train["variant"] == variant) & (train["status"] == "ok") & train["maps_file"].notna()]
         for rel in rows.sort_values("seed")["maps_file"]:
-            path = Path(results_dir) / str(rel)
+            path = out.map_file(str(rel))
             if path.exists():
                 return variant, path
     return None
@@ -73,7 +74,7 @@ def _mosaic(maps: np.ndarray, gap: int = 1) -> np.ndarray:
     return out
 
 
-def plot_maps(data: dict[str, Any], title: str, figdir: Path, name: str) -> Path:
+def plot_maps(data: dict[str, Any], title: str, out: ResultsDir, name: str) -> Path:
     """Grid: a row per test image (image, then its map for each class); true class framed green.
 
     Drawn in one axes (each test image placed in the first column, one mosaic of all maps beside it) rather
@@ -82,7 +83,7 @@ def plot_maps(data: dict[str, Any], title: str, figdir: Path, name: str) -> Path
     Args:
         data: `read_maps` output.
         title: figure title.
-        figdir: output folder.
+        out: the results folder (figures go to its figures/).
         name: file stem.
 
     Returns:
@@ -119,31 +120,30 @@ def plot_maps(data: dict[str, Any], title: str, figdir: Path, name: str) -> Path
     cbar = fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
     cbar.set_label("map value ÷ row maximum (ReLU output, unitless)", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return save(fig, figdir, name)
+    return save(fig, out, name)
 
 
 def gap_map_figures(run_train: pd.DataFrame, summary: pd.DataFrame, bases: dict[str, str | None],
-                    results_dir: Path, figdir: Path) -> list[tuple[str, str, Path]]:
+                    out: ResultsDir) -> list[tuple[str, str, Path]]:
     """One confidence-map figure per data set that has saved maps.
 
     Args:
         run_train: all "train" records.
         summary: the run's summary.
         bases: dataset -> baseline variant.
-        results_dir: the results folder.
-        figdir: output folder.
+        out: the results folder (figures go to its figures/).
 
     Returns:
         (dataset, variant, png path) per figure written.
     """
-    out = []
+    figures = []
     for ds, group in summary.groupby("dataset", sort=False):
         train = run_train[run_train["dataset"] == ds] if not run_train.empty else run_train
-        choice = choose_maps(train, group, bases.get(str(ds)), results_dir)
+        choice = choose_maps(train, group, bases.get(str(ds)), out)
         if choice is None:
             continue
         variant, path = choice
-        png = plot_maps(read_maps(path), f"{variant}: last-block class maps ({path.name})", figdir,
+        png = plot_maps(read_maps(path), f"{variant}: last-block class maps ({path.name})", out,
                         f"gap_maps_{ds}")
-        out.append((str(ds), variant, png))
-    return out
+        figures.append((str(ds), variant, png))
+    return figures

@@ -18,28 +18,29 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from nin_bench.report import fmt  # noqa: E402
+from nin_bench.results_dir import ResultsDir  # noqa: E402
 from nin_bench.report.stats import pareto_front  # noqa: E402
 
 DPI = 150
 
 
-def save(fig: plt.Figure, figdir: Path, name: str) -> Path:
-    """Write `name`.png (150 dpi) and `name`.svg, close the figure.
+def save(fig: plt.Figure, out: ResultsDir, name: str) -> Path:
+    """Write the figure `name` as PNG (150 dpi) and SVG into the results folder (atomically), close the figure.
 
     Args:
         fig: the figure.
-        figdir: output folder (created if missing).
+        out: the results folder.
         name: file stem.
 
     Returns:
         Path of the PNG.
     """
-    figdir.mkdir(parents=True, exist_ok=True)
-    png = figdir / f"{name}.png"
-    fig.savefig(png, dpi=DPI, bbox_inches="tight")
+    png = out.figure(name, "png")
+    with out.writing(png) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     # No date and a fixed id salt in the SVG, so re-running the report gives byte-identical files.
-    with matplotlib.rc_context({"svg.hashsalt": "nin_bench"}):
-        fig.savefig(figdir / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.hashsalt": "nin_bench"}), out.writing(out.figure(name, "svg")) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return png
 
@@ -49,12 +50,12 @@ def _palette(labels: list[str]) -> dict[str, tuple]:
     return dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))))
 
 
-def accuracy_vs_cost(table: pd.DataFrame, figdir: Path) -> Path | None:
+def accuracy_vs_cost(table: pd.DataFrame, out: ResultsDir) -> Path | None:
     """Test accuracy vs params and vs MACs (log x), error bars = std over seeds, Pareto frontier dashed.
 
     Args:
         table: `tables.results_table` (full precision).
-        figdir: output folder.
+        out: the results folder (figures go to its figures/).
 
     Returns:
         PNG path, or None if nothing was trained.
@@ -78,7 +79,7 @@ def accuracy_vs_cost(table: pd.DataFrame, figdir: Path) -> Path | None:
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), bbox_to_anchor=(0.5, -0.02),
                frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return save(fig, figdir, "accuracy_vs_cost")
+    return save(fig, out, "accuracy_vs_cost")
 
 
 def _scatter_front(ax: plt.Axes, d: pd.DataFrame, col: str, colours: dict[str, tuple]) -> None:
@@ -105,13 +106,13 @@ def _ticks_at(ax: plt.Axes, values: np.ndarray, label: Callable[[float], str]) -
     ax.tick_params(axis="x", labelrotation=30)
 
 
-def throughput_vs_batch(timing: pd.DataFrame, labels: dict[str, str], figdir: Path) -> Path | None:
+def throughput_vs_batch(timing: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
     """Images/s vs batch size per variant; forward and train step side by side, one row per data set.
 
     Args:
         timing: records of the "timing" stage.
         labels: variant id -> label.
-        figdir: output folder.
+        out: the results folder (figures go to its figures/).
 
     Returns:
         PNG path, or None without successful timing rows.
@@ -142,7 +143,7 @@ def throughput_vs_batch(timing: pd.DataFrame, labels: dict[str, str], figdir: Pa
     if axes[0, -1].get_legend():
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
-    return save(fig, figdir, "throughput_vs_batch")
+    return save(fig, out, "throughput_vs_batch")
 
 
 def _setting(r: pd.Series) -> str:
@@ -155,13 +156,13 @@ def _setting(r: pd.Series) -> str:
     return ", ".join(parts)
 
 
-def learning_curves(epochs: pd.DataFrame, labels: dict[str, str], figdir: Path) -> Path | None:
+def learning_curves(epochs: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
     """Validation accuracy and train loss per epoch: mean over seeds with a ±1 std band.
 
     Args:
         epochs: records of the "train_epoch" stage.
         labels: variant id -> label.
-        figdir: output folder.
+        out: the results folder (figures go to its figures/).
 
     Returns:
         PNG path, or None without epoch records.
@@ -188,7 +189,7 @@ def learning_curves(epochs: pd.DataFrame, labels: dict[str, str], figdir: Path) 
     if axes[0, 1].get_legend():
         sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
-    return save(fig, figdir, "learning_curves")
+    return save(fig, out, "learning_curves")
 
 
 def _group_cols(profile: pd.DataFrame, prefix: str) -> list[str]:
@@ -197,13 +198,13 @@ def _group_cols(profile: pd.DataFrame, prefix: str) -> list[str]:
     return sorted(cols, key=lambda c: (c.endswith("_head"), int(re.sub(r"\D", "", c) or 0)))
 
 
-def size_by_block(profile: pd.DataFrame, labels: dict[str, str], figdir: Path) -> Path | None:
+def size_by_block(profile: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
     """Stacked horizontal bars of params and MACs per block and head, one bar per variant.
 
     Args:
         profile: records of the "profile" stage.
         labels: variant id -> label (data set appended when there are several).
-        figdir: output folder.
+        out: the results folder (figures go to its figures/).
 
     Returns:
         PNG path, or None without per-group columns.
@@ -231,4 +232,4 @@ def size_by_block(profile: pd.DataFrame, labels: dict[str, str], figdir: Path) -
     axes[0, 1].set_yticklabels([])
     axes[0, 1].legend(title="Group", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
-    return save(fig, figdir, "size_by_block")
+    return save(fig, out, "size_by_block")

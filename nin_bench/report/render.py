@@ -5,13 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nin_bench.records import write_atomic
 from nin_bench.report import maps, paper, plots, protocol, sections, tables
 from nin_bench.report.document import Doc, to_html, to_markdown
 from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
-
-FIG_DIR = "figures"
-
+from nin_bench.results_dir import ResultsDir
 
 def _labels(run: Run, with_dataset: bool = False) -> dict[str, str]:
     """variant id -> short label; with_dataset appends the data set (for a figure that mixes data sets)."""
@@ -36,26 +33,26 @@ def _result_tables(doc: Doc, run: Run, table: pd.DataFrame) -> str:
     return "\n".join(tex)
 
 
-def _figures(doc: Doc, run: Run, table: pd.DataFrame, figdir: Path) -> None:
+def _figures(doc: Doc, run: Run, table: pd.DataFrame, out: ResultsDir) -> None:
     """Draw every figure the data allow and add each with its caption line."""
     labels = _labels(run)
     ref = run.reference_batch_size
     figs = [
-        (plots.accuracy_vs_cost(table, figdir),
+        (plots.accuracy_vs_cost(table, out),
          "Test accuracy (%) vs parameters and vs MACs per image (log x). Error bars: ±1 std over seeds; dashed "
          "step line and open circles: Pareto frontier (no other variant is both cheaper and more accurate)."),
-        (plots.throughput_vs_batch(run.stage("timing"), labels, figdir),
+        (plots.throughput_vs_batch(run.stage("timing"), labels, out),
          f"Throughput (img/s, log) vs batch size (log) for the forward pass (eval, inference mode) and the full "
          f"train step (forward, loss, backward, SGD step); medians of timed iterations. Tables use batch {ref}."),
-        (plots.learning_curves(run.stage("train_epoch"), labels, figdir),
+        (plots.learning_curves(run.stage("train_epoch"), labels, out),
          "Learning curves: validation accuracy (%) and train loss (cross-entropy) per epoch; line = mean over "
          "seeds, band = ±1 std over seeds."),
-        (plots.size_by_block(run.stage("profile"), _labels(run, with_dataset=True), figdir),
+        (plots.size_by_block(run.stage("profile"), _labels(run, with_dataset=True), out),
          "Where the parameters and MACs live: stacked per mlpconv block and the head (millions). "
          + sections.head_share(run.stage("profile"), run.summary)),
     ]
     bases = baselines(run.summary, run.config)
-    gap = maps.gap_map_figures(run.stage("train"), run.summary, bases, run.results_dir, figdir)
+    gap = maps.gap_map_figures(run.stage("train"), run.summary, bases, out)
     if any(png is not None for png, _ in figs) or gap:
         doc.h(2, "Figures")
     for png, caption in figs:
@@ -80,12 +77,12 @@ def _paper_section(doc: Doc, run: Run) -> None:
     doc.p(paper.our_protocol(run.config, run.manifest, augment) + " " + paper.PAPER_PROTOCOL)
 
 
-def build_document(run: Run, figdir: Path) -> tuple[Doc, pd.DataFrame, str]:
+def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     """Build the report's content.
 
     Args:
         run: the loaded results folder.
-        figdir: where figures go.
+        out: the results folder (figures go to its figures/).
 
     Returns:
         (document, full-precision table, LaTeX tables).
@@ -108,7 +105,7 @@ def build_document(run: Run, figdir: Path) -> tuple[Doc, pd.DataFrame, str]:
     doc.ul(items[1:])
     tex = _result_tables(doc, run, table) if not table.empty else ""
     _paper_section(doc, run)
-    _figures(doc, run, table, figdir)
+    _figures(doc, run, table, out)
     doc.h(2, "Failed or diverged runs")
     fails = sections.failures(run.summary)
     if fails:
@@ -120,7 +117,7 @@ def build_document(run: Run, figdir: Path) -> tuple[Doc, pd.DataFrame, str]:
     return doc, table, tex
 
 
-def build_report(results_dir: Path) -> Path:
+def build_report(results_dir: Path | ResultsDir) -> Path:
     """Write report.md, report.html, tables.csv, tables.tex and figures/ for a results folder.
 
     Reads only the stored records (never torch, never re-measures), so it can be re-run anywhere.
@@ -131,13 +128,11 @@ def build_report(results_dir: Path) -> Path:
     Returns:
         Path of report.md.
     """
-    results_dir = Path(results_dir)
-    run = load_run(results_dir)
-    figdir = results_dir / FIG_DIR
-    doc, table, tex = build_document(run, figdir)
-    write_atomic(results_dir / "tables.csv", table.to_csv(index=False))
-    write_atomic(results_dir / "tables.tex", "% \\usepackage{booktabs}\n" + tex)
-    write_atomic(results_dir / "report.html", to_html(doc))
-    md = results_dir / "report.md"
-    write_atomic(md, to_markdown(doc, results_dir))
-    return md
+    out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+    run = load_run(out)
+    doc, table, tex = build_document(run, out)
+    out.write(out.tables_csv, table.to_csv(index=False))
+    out.write(out.tables_tex, "% \\usepackage{booktabs}\n" + tex)
+    out.write(out.report_html, to_html(doc))
+    out.write(out.report_md, to_markdown(doc, out.root))
+    return out.report_md

@@ -12,14 +12,12 @@ import torch
 from bench_info import record
 from nin_bench.config import load_config, resolve_protocol
 from nin_bench.profile import profile_model
-from nin_bench.stages import RunContext, make_model, shape_of
 from nin_bench.steps import train_step
 from nin_bench.timing import set_threads
-from nin_bench.variants import expand_grid
+from nin_bench.variants import build_variant_model, expand_grid
 
 SUITE = Path(__file__).parents[2] / "ablations" / "one_by_one.yaml"
 BATCH_SIZES = (8, 32)  # batch 1 times ~1 ms here, where this shared VM's noise reached 67 % run to run
-_CTX = RunContext(Path("."), "cpu", "cpu", "bench", progress=False)
 VARIANTS = expand_grid(resolve_protocol(load_config(SUITE), cuda=False)[0])
 
 
@@ -28,10 +26,10 @@ def variant_model(request):
     """(variant, channels_last model, input shape, profile) for one variant; built once per module."""
     set_threads(None)
     variant = request.param
-    c, side, n = shape_of(variant, _CTX)
-    model = make_model(variant, _CTX)
-    prof = profile_model(model, (c, side, side))
-    return variant, model.to(memory_format=torch.channels_last), (c, side, side), n, prof
+    shape = variant.data_shape()
+    model = build_variant_model(variant, shape)
+    prof = profile_model(model, shape.input_shape)
+    return variant, model.to(memory_format=torch.channels_last), shape.input_shape, shape.num_classes, prof
 
 
 def _batch(shape, n_classes, bs):
