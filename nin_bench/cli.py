@@ -5,6 +5,7 @@
     python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full]
     python -m nin_bench inspect PRESET|CONFIG [--set k=v]...
     python -m nin_bench report DIR
+    python -m nin_bench gpu-session [--results DIR] [--suites DIR] [--budget-s S]
 """
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     rep = sub.add_parser("report", help="(re)build report.md/html, tables and figures from stored records")
     rep.add_argument("results_dir", type=Path)
+    gpu = sub.add_parser("gpu-session", help="on a CUDA machine: self-check, then the GPU timing and training "
+                                             "batch, resumable, under a time budget")
+    gpu.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
+    gpu.add_argument("--suites", type=Path, default=Path("ablations"), help="suite YAMLs (default: ablations)")
+    gpu.add_argument("--budget-s", type=float, default=480.0,
+                     help="no new unit or epoch starts after this many seconds (default 480)")
     return p
 
 
@@ -128,10 +135,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu_session(args: argparse.Namespace) -> int:
+    from nin_bench.gpu_session import gpu_session
+
+    return gpu_session(args.results, args.suites, args.budget_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m nin_bench` and the `nin-bench` script; returns the exit code."""
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "list": cmd_list, "inspect": cmd_inspect, "report": cmd_report}[args.command]
+    handler = {"run": cmd_run, "list": cmd_list, "inspect": cmd_inspect, "report": cmd_report,
+               "gpu-session": cmd_gpu_session}[args.command]
     try:
         return handler(args)
     except (UserError, FileNotFoundError) as exc:  # bad config, missing data: one line, no traceback

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -65,19 +65,19 @@ def check_compiled(stats: dict[str, Any]) -> None:
 
 
 def warm_up(net: nn.Module, model: nn.Module, train_batch: tuple[torch.Tensor, torch.Tensor],
-            eval_inputs: list[torch.Tensor], amp: torch.dtype | None) -> float:
+            evaluate: Callable[[], None], amp: torch.dtype | None) -> float:
     """Compile every graph a training run will call, before its clock starts, leaving the run's result unchanged.
 
-    One forward + backward in train mode (no optimizer step) compiles the training graphs; one inference-mode
-    forward per evaluation shape compiles the eval graphs. The RNG states (dropout draws from the global
-    generator) and the model's buffers (BatchNorm's running statistics moved in train mode) are restored after,
-    and the gradients dropped, so the run then trains exactly as an uncompiled run would start.
+    One forward + backward in train mode (no optimizer step) compiles the training graphs; `evaluate` runs the
+    run's own evaluation once per shape it will see, compiling the eval graphs. The RNG states (dropout draws
+    from the global generator) and the model's buffers (BatchNorm's running statistics move in train mode) are
+    restored after, and the gradients dropped, so the run then trains exactly as an uncompiled run would start.
 
     Args:
         net: the compiled wrapper.
         model: the module it wraps (its state is saved and restored).
-        train_batch: (inputs, labels) of one training batch, already prepared.
-        eval_inputs: one prepared input batch per evaluation shape.
+        train_batch: (inputs, labels) of one training batch, made as the run makes its batches.
+        evaluate: runs the run's evaluation on one batch of every evaluation shape.
         amp: the autocast dtype or None.
 
     Returns:
@@ -95,11 +95,7 @@ def warm_up(net: nn.Module, model: nn.Module, train_batch: tuple[torch.Tensor, t
     with autocast(device_type, amp):
         loss = torch.nn.functional.cross_entropy(net(x), y)
     loss.backward()
-    net.eval()
-    with torch.inference_mode(), autocast(device_type, amp):
-        for xe in eval_inputs:
-            net(xe)
-    net.train()
+    evaluate()  # leaves the net in train mode again
     if device_type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0

@@ -23,7 +23,7 @@ from nin_bench.config import SuiteConfig
 from nin_bench.manifest import build_manifest, device_name
 from nin_bench.records import is_unit_failure, latest_per_key, unit_key
 from nin_bench.results_dir import ResultsDir
-from nin_bench.stages import RunContext, Unit, UnitResult, run_unit
+from nin_bench.stages import DeadlineReached, RunContext, Unit, UnitResult, run_unit
 from nin_bench.timing import set_threads
 from nin_bench.variants import Variant, expand_grid
 
@@ -107,12 +107,14 @@ def run_local(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
               done: Callable[[Unit, UnitResult], None], bar: tqdm) -> None:
     """Run the units one after another in this process (the default executor)."""
     for unit in units:
+        ctx.check_deadline()
         bar.set_postfix_str(unit.label)
         done(unit, run_unit(unit, ctx, variant_records(records, unit.variant.id)))
 
 
 def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool = True, log: Log = print,
-              executor: str = "local", ray_address: str | None = None, cuda_fallback: str | None = None) -> Path:
+              executor: str = "local", ray_address: str | None = None, cuda_fallback: str | None = None,
+              deadline: float | None = None) -> Path:
     """Run every unrecorded (variant, stage[, seed]) of a resolved suite, then write summary and report.
 
     Args:
@@ -124,6 +126,8 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         executor: "local" (this process, unit after unit) or "ray" (one Ray task per unit).
         ray_address: None starts a local Ray instance; "auto" or "ray://..." joins a cluster.
         cuda_fallback: why a CUDA build of torch runs on the CPU here (`device.cuda_fallback_reason`), or None.
+        deadline: a time.time() after which no new unit or epoch starts (the GPU batch's budget); the run then
+            stops resumably (a training run at its last epoch checkpoint) and still writes summary and report.
 
     Returns:
         The path of the written report.
@@ -137,7 +141,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         if cuda_fallback:
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
         threads = set_threads(cfg.timing.threads)
-        ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress)
+        ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
         write_run_files(rd, cfg, manifest, protocol)
@@ -163,6 +167,9 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
                 run_on_ray(units, ctx, records, finished, bar, address=ray_address, threads=threads, log=log)
             else:
                 run_local(units, ctx, records, finished, bar)
+        except DeadlineReached:
+            left = len(units) - bar.n
+            log(f"time budget reached with {left} units left; run the same command again to continue")
         finally:
             bar.close()
         manifest.update(peak_tflops=peaks_from(records),

@@ -6,6 +6,7 @@ the `RunContext` (no module state), so a unit runs the same in this process or i
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,10 @@ from nin_bench.results_dir import ResultsDir
 from nin_bench.steps import resolve_dtype
 from nin_bench.timing import matmul_peak_flops, time_model, utilisation
 from nin_bench.variants import DataShape, Variant, build_variant_model
+
+class DeadlineReached(Exception):
+    """The run's time budget (`RunContext.deadline`) is spent: stop between units or epochs, resumably."""
+
 
 # A quick timing of the training step, for loop_efficiency when the timing stage did not measure that setting.
 _EFFICIENCY_WARMUP, _EFFICIENCY_REPEATS = 3, 10
@@ -63,10 +68,17 @@ class RunContext:
     datasets: dict[str, Dataset] = field(default_factory=dict)
     peak_flops: dict[str, float] = field(default_factory=dict)  # dtype -> FLOP/s of the matmul reference
     train_step_img_per_s: dict[tuple, float] = field(default_factory=dict)
+    deadline: float | None = None  # time.time() after which no new unit or epoch starts (None: no budget)
 
     def fresh(self) -> "RunContext":
         """The same run without its caches (what a Ray task receives: nothing large is pickled)."""
-        return RunContext(self.results, self.device, self.device_name, self.protocol, self.progress)
+        return RunContext(self.results, self.device, self.device_name, self.protocol, self.progress,
+                          deadline=self.deadline)
+
+    def check_deadline(self) -> None:
+        """Raise DeadlineReached once the run's time budget is spent."""
+        if self.deadline is not None and time.time() >= self.deadline:
+            raise DeadlineReached("the run's time budget is spent")
 
     def dataset(self, variant: Variant) -> Dataset:
         """Load (once per context) the variant's data set."""
@@ -115,7 +127,7 @@ def run_unit(unit: Unit, ctx: RunContext, known: list[dict[str, Any]]) -> UnitRe
             flops = {"forward": prof["flops_fwd"], "train_step": prof["flops_fwd_bwd"]}
             return UnitResult(run_timing(unit.variant, ctx, flops))
         return run_train(unit.variant, unit.seed, ctx, [r for r in known if r["stage"] == "timing"])
-    except (KeyboardInterrupt, SystemExit, DataError):
+    except (KeyboardInterrupt, SystemExit, DataError, DeadlineReached):
         raise
     except Exception as exc:  # recorded with its error; the sweep goes on (STYLE 11)
         row = {**base_record(unit.variant, ctx, unit.stage), "status": "error", "error": error_text(exc)}
@@ -216,8 +228,10 @@ def run_train(variant: Variant, seed: int, ctx: RunContext, timing_rows: list[di
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_variant_model(variant, shape)
+    # the deadline is checked after each epoch's checkpoint: a budgeted run stops there and resumes from it
     result = train_model(model, data, variant.config.train, device=torch.device(ctx.device), seed=seed,
-                         input_size=shape.side, checkpoint_path=ckpt, progress=ctx.progress)
+                         input_size=shape.side, checkpoint_path=ckpt, progress=ctx.progress,
+                         on_epoch=lambda _row: ctx.check_deadline())
     base = {**base_record(variant, ctx, "train"), "seed": seed}
     rows = [{**base, "stage": "train_epoch", **e} for e in result.epochs]
     maps_name = ctx.results.map_name(name) if result.maps is not None else None

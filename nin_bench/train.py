@@ -116,6 +116,11 @@ class _Loop:
         return len(_batches(self.split.train_x.shape[0], self.settings.batch_size))
 
 
+def _batch(split: Split, idx: torch.Tensor, draws: aug.Draws) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: gathered by index, augmented, normalised (the network input and its labels)."""
+    return split.prep(aug.apply(split.train_x[idx], draws)), split.train_y[idx]
+
+
 def _train_epoch(loop: _Loop, epoch: int, eta: Callable[[float], None] | None) -> tuple[float, float, int, float]:
     """Run one epoch of SGD steps.
 
@@ -136,9 +141,7 @@ def _train_epoch(loop: _Loop, epoch: int, eta: Callable[[float], None] | None) -
     correct = torch.zeros((), device=device, dtype=torch.int64)
     images, t_first, lr = 0, 0.0, 0.0
     for step, (start, stop) in enumerate(_batches(n, loop.settings.batch_size)):
-        idx = order[start:stop]
-        x = split.prep(aug.apply(split.train_x[idx], draws.slice(start, stop)))
-        y = split.train_y[idx]
+        x, y = _batch(split, order[start:stop], draws.slice(start, stop))
         loss = train_step(loop.net, loop.optimizer, x, y, autocast_dtype=loop.amp,
                           label_smoothing=loop.settings.label_smoothing, scaler=loop.scaler)
         lr = loop.optimizer.param_groups[0]["lr"]  # the lr this step used (a Python float: no sync)
@@ -262,24 +265,28 @@ def _make_loop(model: nn.Module, split: Split, settings: Any, dataset_name: str,
                  aug.resolve_augment(settings.augment, dataset_name), amp, seed, grad_scaler(device.type, amp))
 
 
-def _eval_batches(split: Split, batch_size: int) -> list[torch.Tensor]:
-    """One uint8 batch of every shape evaluation will feed the network (full batches and each set's remainder)."""
-    batches: dict[int, torch.Tensor] = {}
-    for x in (split.val_x, split.test_x):
-        n = x.shape[0]
-        for k in {min(batch_size, n), n % batch_size if n > batch_size else 0} - {0}:
-            batches.setdefault(k, x[:k])
-    return list(batches.values())
-
-
 def _compile_warm_up(loop: _Loop, model: nn.Module) -> float | None:
-    """Compile every graph the run will call before its clock starts (None when not compiling); see warm_up."""
+    """Compile every graph the run will call before its clock starts (None when not compiling); see warm_up.
+
+    The warm-up batches are made exactly as the run makes its own (same gather, augmentation and normalisation;
+    evaluation through `evaluate` itself, under inference mode), since dynamo guards on strides and dispatch
+    keys: a batch built any other way would compile a graph the run never uses and leave it one to compile.
+    """
     if not loop.settings.compile:
         return None
-    n = min(loop.settings.batch_size, loop.split.train_x.shape[0])
-    train_batch = (loop.split.prep(loop.split.train_x[:n]), loop.split.train_y[:n])
-    evals = [loop.split.prep(x) for x in _eval_batches(loop.split, loop.settings.eval_batch_size)]
-    return warm_up(loop.net, model, train_batch, evals, loop.amp)
+    split, settings = loop.split, loop.settings
+    n = min(settings.batch_size, split.train_x.shape[0])
+    idx = torch.arange(n, device=split.train_x.device)
+    draws = aug.draw(n, loop.augment, torch.Generator().manual_seed(0))  # its own generator: no global draws
+    train_batch = _batch(split, idx, draws.to(idx.device))
+
+    def evaluate_every_shape() -> None:
+        for x, y in (split.val_x, split.val_y), (split.test_x, split.test_y):
+            total, bs = x.shape[0], settings.eval_batch_size
+            for k in {min(bs, total), total % bs if total > bs else 0} - {0}:
+                evaluate(loop.net, split, x[:k], y[:k], bs, loop.amp)
+
+    return warm_up(loop.net, model, train_batch, evaluate_every_shape, loop.amp)
 
 
 def _final(loop: _Loop, state: _State, test: tuple[float | None, float | None]) -> dict:
@@ -298,11 +305,13 @@ def _final(loop: _Loop, state: _State, test: tuple[float | None, float | None]) 
     }
 
 
-def _run_facts(loop: _Loop, device: torch.device, compile_s: float | None) -> dict:
-    """How the run ran: compile time apart from the epochs, cuDNN autotuning, fp16 loss scaling, reproducibility."""
+def _run_facts(loop: _Loop, device: torch.device, compile_s: float | None, warm_graphs: int | None) -> dict:
+    """How the run ran: compile time apart from the epochs (and graphs compiled after the warm-up, which an epoch
+    paid for: 0 when the warm-up did its job), cuDNN autotuning, fp16 loss scaling, reproducibility."""
     settings = loop.settings
-    return {"compile": settings.compile, "compile_s": compile_s,
-            **(compile_stats() if settings.compile else {"compiled_graphs": None, "graph_breaks": None}),
+    graphs = compile_stats() if settings.compile else {"compiled_graphs": None, "graph_breaks": None}
+    late = None if warm_graphs is None else graphs["compiled_graphs"] - warm_graphs
+    return {"compile": settings.compile, "compile_s": compile_s, **graphs, "late_graphs": late,
             "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
             "grad_scaler": loop.scaler is not None, "deterministic": settings.deterministic,
             # the CPU path is deterministic for a fixed thread count; CUDA only in deterministic mode
@@ -349,6 +358,7 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
     guard = no_eager_fallback() if settings.compile else contextlib.nullcontext()
     with guard:
         compile_s = _compile_warm_up(loop, model)  # before any clock starts: epoch 1 is not billed for it
+        warm_graphs = compile_stats()["compiled_graphs"] if settings.compile else None
         # Train accuracy from the step's own logits: a hook on the network, only in train mode.
         hook = loop.net.register_forward_hook(
             lambda m, i, out: loop.logits.append(out.detach()) if m.training else None)
@@ -362,5 +372,5 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
                 if ok else (None, None))
     gap = getattr(model, "spec", {}).get("head") == "gap"
     maps = confidence_maps(model, split, dataset.classes) if ok and gap else None
-    final = {**_final(loop, state, test), **_run_facts(loop, device, compile_s)}
+    final = {**_final(loop, state, test), **_run_facts(loop, device, compile_s, warm_graphs)}
     return TrainResult(epochs=list(state.history), final=final, maps=maps)
