@@ -90,16 +90,25 @@ def write_maps(path: Path, channels: int) -> None:
              labels=np.arange(10), preds=np.array([0, 1, 2, 5, 4, 5, 6, 7, 8, 9]), classes=np.array(CLASSES))
 
 
+def synthetic_config() -> dict:
+    """The resolved config of the synthetic run, built through the real schema (as the runner writes it), so the
+    report's tests read the keys a real run has (a test may still replace whole sections to test gaps)."""
+    from nin_bench.config import resolve_protocol, validate
+
+    raw = {"name": "synthetic", "description": "Does adding 1x1 convs help?", "seeds": SEEDS,
+           "stages": ["profile", "timing", "train"], "grid": {"model.n_1x1": N1X1, "data.dataset": DATASETS},
+           "timing": {"batch_sizes": [1, 32, 128], "reference_batch_size": 128, "dtypes": ["fp32"]},
+           "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine", "augment": "crop_flip"},
+           "report": {"baseline": {"model.n_1x1": 0}}}
+    cfg, protocol, _ = resolve_protocol(validate(raw), cuda=False, full=True)
+    return {**cfg.model_dump(mode="json"), "protocol": "cpu"}
+
+
 def write_run(root: Path, records: list[dict], config_extra: dict | None = None) -> Path:
     """Write records.jsonl, config.resolved.yaml and manifest.json into `root`."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    config = {"name": "synthetic", "description": "Does adding 1x1 convs help?", "protocol": "cpu",
-              "device": "cpu", "seeds": SEEDS, "stages": ["profile", "timing", "train"],
-              "grid": {"model.n_1x1": N1X1, "data.dataset": DATASETS},
-              "timing": {"batch_sizes": [1, 32, 128], "reference_batch_size": 128, "dtype": ["fp32"]},
-              "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine", "augment": True},
-              "report": {"baseline": {"model.n_1x1": 0}}} | (config_extra or {})
+    config = synthetic_config() | (config_extra or {})
     (root / "config.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     manifest = {"nin_bench_version": "0.1.0", "python_version": "3.11", "torch_version": "2.14.1",
                 "device": "cpu", "device_name": "test cpu", "cpu_model": "Test CPU", "threads": 2,

@@ -190,7 +190,10 @@ def test_protocol_line_names_model_settings_and_why(tmp_path: Path, no_figures: 
     assert md.index("**Why this protocol:**") < md.index("**Device:**") and "Paper scale" not in md
     assert "**Device:** cpu (test cpu); 2 threads." in md  # the CPU model named once
     plain = build_report(write_run(tmp_path / "plain", full_records(), {"protocol_notes": {"gpu": "x"}})).read_text()
-    assert "Why this protocol" not in plain and "model " not in plain.split("**Protocol:**")[1].split("\n")[0]
+    assert "**Timing:** batch_sizes [1, 32, 128], reference_batch_size 128, dtypes ['fp32'], channels_last" in plain
+    plain_line = plain.split("**Protocol:**")[1].split("\n")[0]
+    # the schema's defaults: full width, no BatchNorm, and our kaiming init (the paper's author used Caffe's)
+    assert "Why this protocol" not in plain and "; model init kaiming; training" in plain_line
     assert "**Device:** cpu (test cpu); CPU Test CPU; 2 threads." in plain
 
 
@@ -202,7 +205,7 @@ def test_paper_comparison_matches_head_and_dropout(tmp_path: Path, no_figures: N
                 r["test_acc"] -= 0.01 * i
             recs.append(r | {"variant": f"nin_cifar-n1x1_2-{head}-do{do}-cifar10", "head": head, "dropout": do})
     grid = {"grid": {"model.head": ["fc", "gap"], "model.dropout": [0.0, 0.5]},
-            "train": {"epochs": 3, "batch_size": 128, "augment": False}, "report": {"baseline": {"model.head": "gap"}}}
+            "train": {"epochs": 3, "batch_size": 128, "augment": "none"}, "report": {"baseline": {"model.head": "gap"}}}
     md = build_report(write_run(tmp_path, recs, grid)).read_text()
     section = md.split("## Comparison with the NiN paper")[1].split("\n## ")[0]
     for paper_err, variant, i in (("11.59", "fc-do0.0", 0), ("10.88", "fc-do0.5", 1), ("10.41", "gap-do0.5", 2),

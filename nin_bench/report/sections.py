@@ -68,12 +68,18 @@ def what_was_run(run: Run) -> list[str]:
     """
     c, m = run.config, run.manifest
     tm = c.get("timing") or {}
-    items = [protocol_line(run),
-             f"**Device:** {_device(m, c)}. **MFU reference peak** (measured large matmul): {_peaks(m)}."]
+    items = [protocol_line(run)]
+    if m.get("cuda_fallback"):
+        items.append(f"**Warning: no GPU was used.** {m['cuda_fallback']}; `device: auto` therefore ran the CPU "
+                     "protocol on this machine.")
+    items.append(f"**Device:** {_device(m, c)}. **MFU reference peak** (measured large matmul): {_peaks(m)}.")
+    if m.get("gpu_name"):
+        items.append(_gpu_facts(m))
     if tm:
-        keys = ["batch_sizes", "reference_batch_size", "dtype", "channels_last", "compile", "warmup", "repeats"]
-        items.append("**Timing:** " + ", ".join(f"{k} {tm[k]}" for k in keys if k in tm)
-                     + " (median per-iteration time reported).")
+        items.append(_timing_line(tm))
+    repro = _reproducibility(run.stage("train"))
+    if repro:
+        items.append(repro)
     vers = ", ".join(f"{k.removesuffix('_version')} {m[k]}" for k in VERSION_KEYS if m.get(k))
     dirty = " (uncommitted changes)" if m.get("git_dirty") else ""
     items.append(f"**Versions:** {vers or fmt.NA}; git commit `{m.get('git_commit', '?')}`{dirty}.")
@@ -83,6 +89,43 @@ def what_was_run(run: Run) -> list[str]:
     grid = "; ".join(f"`{k}` ∈ {v}" for k, v in (c.get("grid") or {}).items())
     items.append(f"**Grid:** {grid or fmt.NA}; {len(run.variants)} variants.")
     return items
+
+
+def _gpu_facts(m: dict[str, Any]) -> str:
+    """The GPU, driver, CUDA/cuDNN versions and the precision and autotuning settings of a CUDA run."""
+    return (f"**GPU:** {m['gpu_name']} ({m.get('gpu_memory_gib', '?')} GiB, compute capability "
+            f"{m.get('gpu_capability', '?')}); driver {m.get('driver_version') or '?'}, CUDA "
+            f"{m.get('cuda_runtime', '?')}, cuDNN {m.get('cudnn_version', '?')}; fp32 convolutions in "
+            f"{m.get('fp32_conv_precision', '?')}, fp32 matmuls in {m.get('fp32_matmul_precision', '?')} (the fp32 "
+            f"MFU peak is measured at the convolutions' precision); cudnn.benchmark "
+            f"{'on' if m.get('cudnn_benchmark') else 'off'}.")
+
+
+def _timing_line(tm: dict[str, Any]) -> str:
+    """The "**Timing:** ..." bullet: the sweep's settings, and where compiled rows ran."""
+    keys = ["batch_sizes", "reference_batch_size", "dtypes", "channels_last", "compile", "warmup", "repeats"]
+    text = "**Timing:** " + ", ".join(f"{k} {tm[k]}" for k in keys if k in tm)
+    text += " (median per-iteration time reported)."
+    if True in (tm.get("compile") or []):
+        sizes = tm.get("compile_batch_sizes") or [tm.get("reference_batch_size")]
+        text += (f" Compiled rows (torch.compile, inductor, static shapes, a fresh dynamo state per row, no eager "
+                 f"fallback) run at batch {', '.join(map(str, sizes))} only; `compile_s` is each row's first call.")
+    return text
+
+
+def _reproducibility(train: pd.DataFrame) -> str | None:
+    """Whether the training runs are bit-reproducible on their device, from the records (None: not recorded)."""
+    if train.empty or "bit_reproducible" not in train or train["bit_reproducible"].isna().all():
+        return None
+    flags = train["bit_reproducible"].dropna().astype(bool)
+    if flags.all():
+        return ("**Reproducibility:** every training run is bit-reproducible on its device: re-running a (variant, "
+                "seed) with the same thread count on the same kind of machine gives the same numbers, resumed or "
+                "not.")
+    return (f"**Reproducibility:** {int((~flags).sum())} of {len(flags)} training runs are not bit-reproducible: "
+            "on CUDA, cuDNN's autotuned backward algorithms and the GAP's adaptive-pool backward accumulate with "
+            "atomic adds, so a re-run differs in the last bits and, after many steps, in the test accuracy by "
+            "about as much as a seed does (`train.deterministic: true` makes CUDA runs reproducible, slower).")
 
 
 def _ratio(a: Any, b: Any) -> str:
