@@ -1,0 +1,156 @@
+"""The Ray executor on a real local Ray instance (no mocks): same results as the local executor, a killed worker
+retried and resumed, a killed driver resumed, every unit recorded once; without Ray, one line and exit 2."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from nin_bench.config import resolve_protocol, validate  # noqa: E402
+from nin_bench.ray_executor import unit_resources  # noqa: E402
+from nin_bench.records import record_key  # noqa: E402
+from nin_bench.results_dir import ResultsDir  # noqa: E402
+from nin_bench.runner import run_suite  # noqa: E402
+from nin_bench.stages import Unit  # noqa: E402
+from nin_bench.variants import expand_grid  # noqa: E402
+
+needs_data = pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (CI: ../shared/data)")
+
+RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
+       "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
+       "grid": {"model.n_1x1": [0, 1]},
+       "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3, "threads": 1},
+       "train": {"epochs": 2, "subset": 2000, "val_size": 500, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
+                 "augment": "none"}}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole session (2 CPUs: two 1-thread units side by side)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _accuracies(out):
+    records = ResultsDir(out).read_records()
+    assert len({record_key(r) for r in records}) == len(records)  # every record once
+    return {(r["variant"], r["seed"]): r["test_acc"] for r in records if r["stage"] == "train"}
+
+
+@needs_data
+def test_ray_gives_the_local_executors_accuracies(ray_session, tmp_path):
+    cfg, protocol, _ = resolve_protocol(validate(RAW), cuda=False)
+    logs = []
+    run_suite(cfg, tmp_path / "local", protocol=protocol, progress=False, log=logs.append)
+    run_suite(cfg, tmp_path / "ray", protocol=protocol, progress=False, log=logs.append, executor="ray")
+    local, remote = _accuracies(tmp_path / "local"), _accuracies(tmp_path / "ray")
+    assert len(local) == 4 and local == remote  # same seeds, same threads: bit-identical on the CPU
+    assert (tmp_path / "ray" / "report.md").exists()
+    assert "8 units to run" in next(m for m in logs if "ray executor" in m)
+
+
+def test_resources_per_unit():
+    variant = expand_grid(resolve_protocol(validate(RAW), cuda=False)[0])[0]
+    assert unit_resources(Unit(variant, "train", 0), "cuda", 4) == {"num_cpus": 1, "num_gpus": 1}
+    assert unit_resources(Unit(variant, "timing"), "cuda", 4) == {"num_cpus": 1, "num_gpus": 1}
+    assert unit_resources(Unit(variant, "timing"), "cpu", 2) == {"num_cpus": 2, "num_gpus": 0}
+    assert unit_resources(Unit(variant, "profile"), "cpu", 2) == {"num_cpus": 1, "num_gpus": 0}
+
+
+SUITE = """
+name: ray
+seeds: [0, 1]
+stages: [profile, timing, train]
+model: {width: 0.125, batchnorm: true, dropout: 0.0}
+data: {dataset: fashion_mnist}
+grid: {model.n_1x1: [0, 1]}
+timing: {batch_sizes: [2, 8], reference_batch_size: 8, warmup: 1, repeats: 3, threads: 1}
+train: {epochs: 6, subset: 3000, val_size: 500, batch_size: 64, lr: 0.1, schedule: cosine, augment: none}
+"""
+
+
+def _cmd(suite, out):
+    return [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
+            "--no-progress", "--executor", "ray"]
+
+
+def _training_workers():
+    """PIDs of Ray workers running a training unit (Ray titles a busy worker `ray::<task name>`)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ray::nin_bench" in line and " train s" in line]
+
+
+def _check_once(out):
+    records = ResultsDir(out).read_records()
+    assert len({record_key(r) for r in records}) == len(records)
+    finals = Counter((r["variant"], r.get("seed")) for r in records if r["stage"] == "train")
+    assert sorted(finals.values()) == [1] * 4 and all(r["status"] == "ok" for r in records)
+
+
+@needs_data
+def test_a_worker_killed_mid_training_is_retried_and_resumes(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(suite, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        if list((out / ".cache" / "checkpoints").glob("*.pt")):  # a run has an epoch on disk: kill its worker
+            workers = _training_workers()
+            if workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    output = proc.communicate(timeout=600)[0]
+    assert killed is not None, output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
+    _check_once(out)
+    assert "resumed from" in output or "resumed" in output.lower()
+
+
+@needs_data
+def test_a_killed_driver_is_resumed_without_rerunning_finished_units(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(suite, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        recorded = {r["stage"] for r in ResultsDir(out).read_records()}
+        if "train" in recorded:  # at least one training unit finished
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = ResultsDir(out).read_records()
+    finished = {(r["variant"], r["stage"], r.get("seed")) for r in before if r["stage"] in ("profile", "train")}
+    assert finished
+    again = subprocess.run(_cmd(suite, out), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = ResultsDir(out).read_records()
+    assert after[:len(before)] == before  # the folder only grew
+    rerun = {(r["variant"], r["stage"], r.get("seed")) for r in after[len(before):]} & finished
+    assert not rerun
+    _check_once(out)
+
+
+def test_without_ray_the_executor_exits_2_with_one_line(tmp_path):
+    (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
+    # a Python where Ray is not installed, as find_spec sees it
+    code = ("import importlib.util, sys; real = importlib.util.find_spec; "
+            "importlib.util.find_spec = lambda n, *a: None if n == 'ray' else real(n, *a); "
+            "from nin_bench.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "run", str(tmp_path / "suite.yaml"), "--executor", "ray",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install" in lines[0] and "[ray]" in lines[0]
