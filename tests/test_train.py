@@ -29,19 +29,6 @@ TINY = dict(batch_size=64, subset=2000, val_size=500, epochs=1, augment="none", 
             time_to_acc=[0.5, 0.99])
 
 
-@pytest.fixture(scope="module")
-def fashion(tmp_path_factory: pytest.TempPathFactory):
-    """Fashion-MNIST cut to 2,500 training and 1,000 test images (a fresh cache dir: no shared state)."""
-    root = os.environ.get("NIN_BENCH_DATA")
-    if not root:
-        pytest.skip("NIN_BENCH_DATA is not set (point it at a folder with fashion-mnist/, e.g. ../shared/data)")
-    from nin_bench.data import load_dataset
-
-    ds = load_dataset("fashion_mnist", root=root, cache_dir=tmp_path_factory.mktemp("cache"))
-    return dataclasses.replace(ds, train_x=ds.train_x[:2500], train_y=ds.train_y[:2500],
-                               test_x=ds.test_x[:1000], test_y=ds.test_y[:1000])
-
-
 def _tiny_model(seed: int, dropout: float) -> torch.nn.Module:
     """The tiny NiN, seeded as the runner seeds it (torch.manual_seed before build_model)."""
     torch.manual_seed(seed)
