@@ -24,7 +24,7 @@ PARAMS = {0: 700_000, 1: 850_000, 2: 966_986}
 MACS = {0: 150_000_000, 1: 190_000_000, 2: 222_486_528}
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FIGURES = ["accuracy_vs_cost", "throughput_vs_batch", "learning_curves", "size_by_block", "gap_maps_cifar10",
-           "gap_maps_fashion_mnist"]
+           "gap_maps_fashion_mnist", "layer_time_vs_macs", "roofline"]
 
 
 def vid(ds: str, n: int) -> str:
@@ -79,6 +79,36 @@ def train_recs(ds: str, n: int) -> list[dict]:
     return out
 
 
+def layer_recs(ds: str, n: int) -> list[dict]:
+    """Per-layer rows (forward, train step) of a 3-block NiN at batch 128, fp32: 1x1 convs and ReLUs take more time
+    than their MACs; a rest row holds 10 % of the forward time."""
+    rows = []
+
+    def add(layer: str, block: str, kind: str, macs: int, fwd: float, bwd: float, nbytes: int) -> None:
+        flops = 2 * macs * 128 if macs else nbytes // 8
+        rows.append(common(ds, n, "layer_timing") | {
+            "layer": layer, "block": block, "kind": kind, "batch_size": 128, "dtype": "fp32", "channels_last": False,
+            "fwd_ms": fwd, "fwd_train_ms": fwd * 1.1, "bwd_ms": bwd, "macs": macs, "flops": flops,
+            "bytes": nbytes, "intensity": flops / nbytes, "peak_tflops": 0.3, "mem_gb_per_s": 10.0})
+
+    for b in (1, 2, 3):
+        add(f"features.block{b}.conv1", f"block{b}", "conv_kxk", 20_000_000, 6.0, 12.0, 4_000_000)
+        add(f"features.block{b}.relu1", f"block{b}", "relu", 0, 1.5, 1.5, 8_000_000)
+        for k in range(2, n + 2):
+            add(f"features.block{b}.conv{k}", f"block{b}", "conv_1x1", 4_000_000, 2.5, 5.0, 8_000_000)
+            add(f"features.block{b}.relu{k}", f"block{b}", "relu", 0, 1.5, 1.5, 8_000_000)
+        if b < 3:
+            add(f"features.pool{b}", f"pool{b}", "maxpool", 0, 1.0, 1.0, 5_000_000)
+    add("head.gap", "head", "gap", 0, 0.1, 0.1, 100_000)
+    add("head.flatten", "head", "flatten", 0, 0.01, 0.0, 10_000)
+    total = sum(r["fwd_ms"] for r in rows)
+    rows.append(common(ds, n, "layer_timing") | {
+        "layer": "rest", "block": "rest", "kind": "rest", "batch_size": 128, "dtype": "fp32", "channels_last": False,
+        "fwd_ms": total / 9, "fwd_train_ms": 0.0, "bwd_ms": 3.0, "macs": 0, "flops": 0, "bytes": 0,
+        "intensity": None, "note": "framework between layers"})
+    return rows
+
+
 def write_maps(path: Path, channels: int) -> None:
     """A maps .npz in the contract's layout; the true class's map is the bright one."""
     rng = np.random.default_rng(0)
@@ -124,7 +154,7 @@ def full_records() -> list[dict]:
     out = []
     for ds in DATASETS:
         for n in N1X1:
-            out += [profile_rec(ds, n), *timing_recs(ds, n), *train_recs(ds, n)]
+            out += [profile_rec(ds, n), *timing_recs(ds, n), *layer_recs(ds, n), *train_recs(ds, n)]
     return out
 
 

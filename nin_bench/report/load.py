@@ -12,7 +12,7 @@ from nin_bench.records import latest_per_key
 from nin_bench.results_dir import ResultsDir
 from nin_bench.summary import AXES, build_summary, read_config
 
-STAGES = ("profile", "timing", "train_epoch", "train")
+STAGES = ("profile", "timing", "layer_timing", "train_epoch", "train")
 
 
 @dataclass

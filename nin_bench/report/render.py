@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nin_bench.report import maps, paper, plots, protocol, sections, tables
+from nin_bench.report import layers, maps, paper, plots, protocol, sections, tables
 from nin_bench.report.document import Doc, to_html, to_markdown
 from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
 from nin_bench.results_dir import ResultsDir
@@ -77,6 +77,39 @@ def _paper_section(doc: Doc, run: Run) -> None:
     doc.p(paper.our_protocol(run.config, run.manifest, augment) + " " + paper.PAPER_PROTOCOL)
 
 
+def _layer_section(doc: Doc, run: Run, out: ResultsDir) -> None:
+    """"Where the time goes": per-layer time against MACs, the roofline, and the finding in one sentence."""
+    rows = layers.reference_rows(run.stage("layer_timing"), run.reference_batch_size)
+    if rows.empty:
+        return
+    labels = _labels(run, with_dataset=True)
+    doc.h(2, "Where the time goes")
+    text = layers.finding(rows, labels)
+    if text:
+        doc.p(f"**Finding.** {text}")
+    doc.p("Per-layer times are measured with torch.profiler, attributed to each leaf module (forward: eval mode "
+          "under inference mode, as the timing stage's forward; backward: autograd's backward nodes mapped to the "
+          "forward op that made them), medians over profiled iterations. The layers' forward times should sum to "
+          "the timing stage's end-to-end forward median at the same setting; what no layer holds (framework and "
+          "Python between modules; in the train step also the loss, gradient accumulation and the SGD step) is "
+          "the rest.")
+    doc.table(["variant", "batch, dtype", "layers fwd (ms)", "end-to-end fwd (ms)", "layers ÷ end-to-end",
+               "rest of the profiled forward"], layers.coverage_table(rows, run.stage("timing"), labels))
+    for png, caption in (
+            (layers.share_figure(rows, labels, out),
+             "Share of MACs (grey) against share of the forward time (orange) and of the train-step time (green, "
+             "forward in train mode + backward), per layer kind (left) and per block (right), each variant at its "
+             "reference setting. A bar of time far longer than its bar of MACs is a layer whose cost is memory "
+             "traffic, not arithmetic."),
+            (layers.roofline_figure(rows, labels, out),
+             "Roofline of the forward pass: each point a layer (colour: kind; marker: variant), its FLOPs per "
+             "byte moved (input + weights + output at the dtype) against the FLOP/s it attained. Under the sloped "
+             "part a layer is bound by memory bandwidth (a measured large copy), under the flat part by the "
+             "measured GEMM peak.")):
+        if png is not None:
+            doc.fig(png, caption)
+
+
 def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     """Build the report's content.
 
@@ -105,6 +138,7 @@ def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     doc.ul(items[1:])
     tex = _result_tables(doc, run, table) if not table.empty else ""
     _paper_section(doc, run)
+    _layer_section(doc, run, out)
     _figures(doc, run, table, out)
     doc.h(2, "Failed or diverged runs")
     fails = sections.failures(run.summary)

@@ -1,0 +1,171 @@
+"""Where the time goes: per-layer time against per-layer MACs, a roofline, and the finding in one sentence.
+
+Reads the "layer_timing" records (`nin_bench.layer_timing`): one row per leaf module of a variant at one timing
+setting, plus a "rest" row for the time no layer holds. Shares are taken within one (variant, setting): MACs over
+the layers, time over the layers and the rest.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from nin_bench.report import fmt  # noqa: E402
+from nin_bench.report.plots import save  # noqa: E402
+from nin_bench.results_dir import ResultsDir  # noqa: E402
+
+SETTING = ["batch_size", "dtype", "channels_last"]
+# Layer kinds in the order a reader meets them in a block, and their colours (fixed across figures).
+KINDS = ["conv_kxk", "conv_1x1", "batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten", "linear",
+         "rest"]
+KIND_LABEL = {"conv_kxk": "k×k conv", "conv_1x1": "1×1 conv", "batchnorm": "BatchNorm", "relu": "ReLU",
+              "maxpool": "max pool", "avgpool": "avg pool", "dropout": "dropout", "gap": "GAP", "flatten": "flatten",
+              "linear": "linear", "rest": "rest (outside layers)"}
+MEASURES = {"macs_share": "share of MACs", "fwd_share": "share of forward time",
+            "step_share": "share of train-step time"}
+
+
+def reference_rows(layers: pd.DataFrame, reference_batch_size: int | None) -> pd.DataFrame:
+    """The layer rows of one setting per variant: the reference batch if measured, else the largest batch;
+    fp32 before other dtypes (the CPU protocol's setting)."""
+    if layers.empty:
+        return layers
+    ok = layers[layers["status"] == "ok"] if "status" in layers else layers
+    picked = []
+    for _, rows in ok.groupby("variant", sort=False):
+        settings = rows[SETTING].drop_duplicates()
+        settings = settings.assign(ref=settings["batch_size"] == reference_batch_size,
+                                   fp32=settings["dtype"] == "fp32")
+        best = settings.sort_values(["ref", "fp32", "batch_size"], ascending=False).iloc[0]
+        picked.append(rows[(rows[SETTING] == best[SETTING]).all(axis=1)])
+    return pd.concat(picked) if picked else ok.iloc[0:0]
+
+
+def shares(rows: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Per `by` ("kind" or "block") within each variant: shares of MACs, forward time and train-step time (%)."""
+    r = rows.assign(step_ms=rows["fwd_train_ms"].fillna(0) + rows["bwd_ms"].fillna(0))
+    g = r.groupby(["variant", by], sort=False)[["macs", "fwd_ms", "step_ms"]].sum().reset_index()
+    totals = g.groupby("variant")[["macs", "fwd_ms", "step_ms"]].transform("sum").replace(0, np.nan)
+    return g.assign(macs_share=100 * g["macs"] / totals["macs"], fwd_share=100 * g["fwd_ms"] / totals["fwd_ms"],
+                    step_share=100 * g["step_ms"] / totals["step_ms"])
+
+
+def share_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
+    """Share of MACs vs share of forward and train-step time, per layer kind and per block, a row per variant.
+
+    Args:
+        rows: `reference_rows` of the "layer_timing" records.
+        labels: variant id -> label.
+        out: the results folder.
+
+    Returns:
+        PNG path, or None without layer rows.
+    """
+    if rows.empty:
+        return None
+    variants = list(dict.fromkeys(rows["variant"]))
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(len(variants), 2, figsize=(12, 2.6 + 1.9 * len(variants)), squeeze=False)
+    for i, v in enumerate(variants):
+        for j, by in enumerate(("kind", "block")):
+            s = shares(rows[rows["variant"] == v], by)
+            order = [k for k in KINDS if k in set(s[by])] if by == "kind" else list(dict.fromkeys(s[by]))
+            long = s.melt(id_vars=[by], value_vars=list(MEASURES), var_name="measure", value_name="percent")
+            long["measure"] = long["measure"].map(MEASURES)
+            long[by] = long[by].map(lambda k: KIND_LABEL.get(k, k))
+            sns.barplot(long, y=by, x="percent", hue="measure", order=[KIND_LABEL.get(k, k) for k in order],
+                        palette=["#999999", "#d95f02", "#1b9e77"], ax=axes[i, j], legend=(i == 0 and j == 1))
+            axes[i, j].set(xlabel="% of the variant's total" if i == len(variants) - 1 else "", ylabel="",
+                           title=f"{labels.get(v, v)}: by {'layer kind' if by == 'kind' else 'block'}")
+    if axes[0, 1].get_legend():
+        sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
+    fig.tight_layout()
+    return save(fig, out, "layer_time_vs_macs")
+
+
+def roofline_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
+    """Attained FLOP/s vs arithmetic intensity per layer (forward), under the device's measured roofline.
+
+    Args:
+        rows: `reference_rows` with roofline keys (intensity, flops, fwd_ms, peak_tflops, mem_gb_per_s).
+        labels: variant id -> label.
+        out: the results folder.
+
+    Returns:
+        PNG path, or None without roofline data.
+    """
+    need = {"intensity", "flops", "fwd_ms", "peak_tflops", "mem_gb_per_s"}
+    if rows.empty or not need <= set(rows):
+        return None
+    r = rows[(rows["kind"] != "rest") & (rows["flops"] > 0) & (rows["fwd_ms"] > 0)].copy()
+    if r.empty:
+        return None
+    r["attained_tflops"] = r["flops"] / (r["fwd_ms"] / 1e3) / 1e12
+    r["variant label"] = r["variant"].map(labels)
+    r["layer kind"] = r["kind"].map(lambda k: KIND_LABEL.get(k, k))
+    peak, bw = float(r["peak_tflops"].iloc[0]), float(r["mem_gb_per_s"].iloc[0]) / 1e3  # TB/s
+    x = np.logspace(np.log10(max(r["intensity"].min() / 3, 1e-3)), np.log10(r["intensity"].max() * 3), 200)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    ax.plot(x, np.minimum(peak, bw * x), color="black", lw=1.5, label="roofline (measured GEMM peak, copy bandwidth)")
+    sns.scatterplot(r, x="intensity", y="attained_tflops", hue="layer kind", style="variant label", s=60, ax=ax,
+                    hue_order=[KIND_LABEL[k] for k in KINDS if KIND_LABEL[k] in set(r["layer kind"])])
+    ax.set(xscale="log", yscale="log", xlabel="Arithmetic intensity (FLOPs per byte moved, log scale)",
+           ylabel="Attained TFLOP/s in the forward pass (log scale)",
+           title=f"Roofline: ridge at {peak / bw:.0f} FLOP/byte ({peak:.3g} TFLOP/s, {bw * 1e3:.3g} GB/s)")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.tight_layout()
+    return save(fig, out, "roofline")
+
+
+def finding(rows: pd.DataFrame, labels: dict[str, str]) -> str | None:
+    """One sentence with the measured finding: what the 1×1 convs and the MAC-free layers cost against their MACs.
+
+    Taken from the variant with the most 1×1 convolutions (their cost is the question), in its reference setting.
+    """
+    if rows.empty:
+        return None
+    by_n = rows.groupby("variant")["kind"].agg(lambda k: int((k == "conv_1x1").sum()))
+    v = by_n.idxmax()
+    s = shares(rows[rows["variant"] == v], "kind").set_index("kind")
+    get = (lambda kind, col: float(s.loc[kind, col]) if kind in s.index else 0.0)
+    free = [k for k in ("batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten") if k in s.index]
+    free_fwd = sum(get(k, "fwd_share") for k in free)
+    free_step = sum(get(k, "step_share") for k in free)
+    setting = rows[rows["variant"] == v].iloc[0]
+    where = f"{labels.get(v, v)} ({setting['dataset']}, batch {int(setting['batch_size'])}, {setting['dtype']})"
+    text = f"Measured in {where}: "
+    if by_n[v] > 0:
+        text += (f"the 1×1 convolutions hold {get('conv_1x1', 'macs_share'):.0f} % of the MACs and take "
+                 f"{get('conv_1x1', 'fwd_share'):.0f} % of the forward time and {get('conv_1x1', 'step_share'):.0f} % "
+                 "of the train step; ")
+    text += (f"the layers without MACs ({', '.join(KIND_LABEL[k] for k in free)}) take {free_fwd:.0f} % of the "
+             f"forward time and {free_step:.0f} % of the train step, and {get('rest', 'fwd_share'):.0f} % of the "
+             "forward time falls outside any layer. Element-wise passes over full-size activation maps cost memory "
+             "traffic, not MACs, which is why MACs under-predict the cost of adding 1×1 convolutions (each brings "
+             "its own BatchNorm and ReLU pass).")
+    return text
+
+
+def coverage_table(rows: pd.DataFrame, timing: pd.DataFrame, labels: dict[str, str]) -> list[list[str]]:
+    """Per variant: layer forward times summed, the timing stage's end-to-end forward median at the same setting,
+    their ratio, and the rest's share — how much of the measured time the layers account for."""
+    out = []
+    for v, r in rows.groupby("variant", sort=False):
+        first = r.iloc[0]
+        layers_ms = float(r.loc[r["kind"] != "rest", "fwd_ms"].sum())
+        match = timing[(timing["variant"] == v) & (timing["mode"] == "forward") & (timing["status"] == "ok")
+                       & (timing["compile"] == False)  # noqa: E712  (pandas: element-wise comparison)
+                       & (timing[SETTING] == first[SETTING]).all(axis=1)] if not timing.empty else timing
+        e2e = float(match["ms_median"].iloc[0]) if len(match) else np.nan
+        rest = float(r.loc[r["kind"] == "rest", "fwd_ms"].sum())
+        out.append([labels.get(v, v), f"{int(first['batch_size'])}, {first['dtype']}", f"{layers_ms:.3g}",
+                    fmt.NA if np.isnan(e2e) else f"{e2e:.3g}", fmt.NA if np.isnan(e2e) else f"{layers_ms / e2e:.2f}",
+                    f"{100 * rest / (layers_ms + rest):.0f} %" if layers_ms + rest > 0 else fmt.NA])
+    return out
