@@ -61,10 +61,11 @@ def unit_key(r: dict[str, Any]) -> tuple:
 def is_unit_failure(r: dict[str, Any]) -> bool:
     """A record saying its unit failed as a whole (an error with no timing setting attached).
 
-    A timing setting that failed (an OOM at one batch size) is a result, not a unit failure: it carries `mode`.
+    A timing setting that failed (an OOM at one batch size) is a result, not a unit failure: it carries `mode`;
+    so is a failed per-layer timing (stage "layer_timing").
     A failed unit runs again on the next run; once it succeeds its failure record is void.
     """
-    return r.get("status") == "error" and r.get("mode") is None
+    return r.get("status") == "error" and r.get("mode") is None and r.get("stage") != "layer_timing"
 
 
 def latest_per_key(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from nin_bench.profile import profile_model
 from nin_bench.records import error_text
 from nin_bench.results_dir import ResultsDir
 from nin_bench.steps import resolve_dtype
+from nin_bench.layer_timing import memory_bandwidth, roofline, time_layers
 from nin_bench.timing import matmul_peak_flops, time_model, utilisation
 from nin_bench.variants import DataShape, Variant, build_variant_model
 
@@ -66,7 +67,7 @@ class RunContext:
     protocol: str
     progress: bool = True
     datasets: dict[str, Dataset] = field(default_factory=dict)
-    peak_flops: dict[str, float] = field(default_factory=dict)  # dtype -> FLOP/s of the matmul reference
+    peak_flops: dict[str, float] = field(default_factory=dict)  # dtype -> FLOP/s (and "bytes_per_s")
     train_step_img_per_s: dict[tuple, float] = field(default_factory=dict)
     deadline: float | None = None  # time.time() after which no new unit or epoch starts (None: no budget)
 
@@ -98,6 +99,12 @@ class RunContext:
         if dtype not in self.peak_flops:
             self.peak_flops[dtype] = matmul_peak_flops(torch.device(self.device), dtype)
         return self.peak_flops[dtype]
+
+    def bandwidth(self) -> float:
+        """The device's memory bandwidth in bytes/s, measured once per context (the roofline's slope)."""
+        if "bytes_per_s" not in self.peak_flops:
+            self.peak_flops["bytes_per_s"] = memory_bandwidth(torch.device(self.device))
+        return self.peak_flops["bytes_per_s"]
 
 
 def base_record(variant: Variant, ctx: RunContext, stage: str) -> dict[str, Any]:
@@ -154,10 +161,12 @@ def timing_settings(t: Any) -> list[dict[str, Any]]:
 
 
 def run_timing(variant: Variant, ctx: RunContext, flops: dict[str, float]) -> list[dict[str, Any]]:
-    """Throughput over every timing setting; one row each, an error row where a setting fails (e.g. OOM).
+    """Throughput over every timing setting (one row each; an error row where a setting fails, e.g. OOM), and the
+    per-layer time of each eager forward setting at `timing.layer_timing_batch_sizes` (stage "layer_timing").
 
     The MFU reference peaks are measured before any row, outside the per-row error handling: a failure there
-    fails the unit, it is not one setting's result.
+    fails the unit, it is not one setting's result. Layer timing runs right after the forward row of its setting,
+    so the layers' sum and the end-to-end median it is compared with see the same machine state.
 
     Args:
         variant: the grid point.
@@ -169,21 +178,53 @@ def run_timing(variant: Variant, ctx: RunContext, flops: dict[str, float]) -> li
     model = build_variant_model(variant, shape)
     device = torch.device(ctx.device)
     peaks = {dtype: ctx.peak(dtype) for dtype in t.dtypes}
+    layer_sizes = (t.layer_timing_batch_sizes if t.layer_timing_batch_sizes is not None
+                   else [t.reference_batch_size]) if t.layer_timing else []
     rows = []
     for setting in timing_settings(t):
         row = {**base_record(variant, ctx, "timing"), **setting}
-        failed = False
-        try:
-            row.update(time_model(model, shape.input_shape, device=device, warmup=t.warmup, repeats=t.repeats,
-                                  num_classes=shape.num_classes, **setting))
+        rows.append(_guarded(row, device, lambda: time_model(
+            model, shape.input_shape, device=device, warmup=t.warmup, repeats=t.repeats,
+            num_classes=shape.num_classes, **setting)))
+        if row["status"] == "ok":
             row.update(utilisation(row["img_per_s"], flops.get(setting["mode"]), peaks[setting["dtype"]]))
-        except Exception as exc:  # one failing setting (OOM, compile failure) is recorded; the sweep goes on
-            row.update(status="error", error=error_text(exc), error_kind="oom" if is_oom(exc) else "error")
-            failed = True
-        if failed:  # outside the handler, so the traceback's frames no longer pin the failed setting's memory
-            free_device_memory(device)
-        rows.append(row)
+        if setting["mode"] == "forward" and not setting["compile"] and setting["batch_size"] in layer_sizes:
+            rows += run_layer_timing(variant, ctx, model, row, peaks[setting["dtype"]])
     return rows
+
+
+def _guarded(row: dict[str, Any], device: torch.device, measure: Any) -> dict[str, Any]:
+    """Fill `row` from measure(); a failure (OOM, compile error) becomes the row's error and the sweep goes on."""
+    failed = False
+    try:
+        row.update(measure())
+    except Exception as exc:  # one failing setting is recorded as such
+        row.update(status="error", error=error_text(exc), error_kind="oom" if is_oom(exc) else "error")
+        failed = True
+    if failed:  # outside the handler, so the traceback's frames no longer pin the failed setting's memory
+        free_device_memory(device)
+    return row
+
+
+def run_layer_timing(variant: Variant, ctx: RunContext, model: torch.nn.Module, fwd_row: dict[str, Any],
+                     peak: float) -> list[dict[str, Any]]:
+    """Per-layer time at the setting of a timing stage's forward row, with the roofline and that row's median.
+
+    Returns:
+        "layer_timing" records (one per layer and a "rest" row), or one error row for the setting.
+    """
+    t = variant.config.timing
+    shape = ctx.shape(variant)
+    device = torch.device(ctx.device)
+    setting = {k: fwd_row[k] for k in ("batch_size", "dtype", "channels_last")}
+    base = {**base_record(variant, ctx, "layer_timing"), **setting,
+            "timing_fwd_ms": fwd_row.get("ms_median")}  # the end-to-end forward the layers should sum to
+    outcome = _guarded(dict(base), device, lambda: {"layers": roofline(
+        time_layers(model, shape.input_shape, device=device, warmup=t.warmup, repeats=t.repeats,
+                    num_classes=shape.num_classes, **setting), peak, ctx.bandwidth())})
+    if outcome["status"] != "ok":
+        return [outcome]  # the setting's error row
+    return [{**base, **layer} for layer in outcome["layers"]]
 
 
 def reference_train_step(variant: Variant, ctx: RunContext, timing_rows: list[dict[str, Any]]) -> float:

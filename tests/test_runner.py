@@ -111,5 +111,10 @@ def test_timing_alone_still_reports_mfu(tmp_path):
                            timing={**SMALL_TIMING, "batch_sizes": [2], "reference_batch_size": 2})
     _run(cfg, protocol, tmp_path)
     rows = ResultsDir(tmp_path).read_records()
-    assert [r["stage"] for r in rows] == ["timing", "timing"]  # the FLOPs were counted, not recorded
-    assert all(r["mfu"] > 0 for r in rows)
+    timing = [r for r in rows if r["stage"] == "timing"]
+    assert len(timing) == 2 and {r["stage"] for r in rows} == {"timing", "layer_timing"}  # FLOPs counted, not recorded
+    assert all(r["mfu"] > 0 for r in timing)
+    layers = [r for r in rows if r["stage"] == "layer_timing"]
+    # per-layer time at the reference batch right after the forward row it is compared with
+    assert layers[-1]["layer"] == "rest" and {r["timing_fwd_ms"] for r in layers} == {timing[0]["ms_median"]}
+    assert all(r["bound"] in ("memory", "compute") for r in layers[:-1])
