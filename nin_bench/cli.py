@@ -3,7 +3,7 @@
     python -m nin_bench run CONFIG [--out DIR] [--stages profile,timing] [--set k=v]... [--device auto|cpu|cuda]
                                    [--quick] [--full] [--no-progress] [--executor local|ray] [--ray-address ADDR]
     python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full]
-    python -m nin_bench inspect PRESET|CONFIG [--set k=v]...
+    python -m nin_bench inspect PRESET|CONFIG [--set k=v]... [--time [--batch N] [--dtype D] [--device D]]
     python -m nin_bench report DIR
     python -m nin_bench gpu-session [--results DIR] [--suites DIR] [--budget-s S]
 """
@@ -38,9 +38,15 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--full", action="store_true", help="on a CPU-only machine, run the YAML's full protocol")
     lst = sub.choices["list"]
     lst.add_argument("config", type=Path)
-    ins = sub.add_parser("inspect", help="per-layer table (output shape, params, MACs) of a preset or a config")
-    ins.add_argument("target", help="a preset name (nin_cifar, nin_d2l) or a suite YAML")
+    ins = sub.add_parser("inspect", help="per-layer table (output shape, params, MACs) of a preset or a config; "
+                                         "--time adds measured per-layer time")
+    ins.add_argument("target", help="a preset name (nin_bench.presets.REGISTRY) or a suite YAML")
     ins.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ins.add_argument("--time", action="store_true", help="measure forward and train-step time per layer "
+                                                          "(torch.profiler) beside the share of MACs")
+    ins.add_argument("--batch", type=int, help="batch size for --time (default: timing.reference_batch_size)")
+    ins.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="for --time (autocast)")
+    ins.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="for --time")
     rep = sub.add_parser("report", help="(re)build report.md/html, tables and figures from stored records")
     rep.add_argument("results_dir", type=Path)
     gpu = sub.add_parser("gpu-session", help="on a CUDA machine: self-check, then the GPU timing and training "
@@ -119,7 +125,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from nin_bench.inspect import inspect_target
 
-    print(inspect_target(args.target, args.set))
+    if args.batch is not None and args.batch < 1:
+        raise UserError(f"--batch must be a positive integer, got {args.batch}")
+    print(inspect_target(args.target, args.set, time=args.time, batch=args.batch, dtype=args.dtype,
+                         device=args.device))
     return 0
 
 

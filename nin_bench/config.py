@@ -1,8 +1,9 @@
 """Typed, frozen suite configuration: defaults live here, YAML and `--set key=value` override them.
 
-Every user mistake (unknown key, wrong type, value out of range, bad YAML, unreadable file) becomes one
-`ConfigError` whose message names the key path, the bad value and what is allowed; the CLI turns it into exit
-code 2. No torch import here, so `list` and the report stay light.
+A suite's protocol files are merged under it first (`suite_files.with_protocols`); YAML is read with YAML 1.2's
+floats (`5e-4` is a number, not a string: `suite_files.load_yaml`). Every user mistake (unknown key, wrong type, value out of
+range, bad YAML, unreadable file) becomes one `ConfigError` whose message names the key path, the bad value and
+what is allowed; the CLI turns it into exit code 2. No torch import here, so `list` and the report stay light.
 """
 from __future__ import annotations
 
@@ -20,18 +21,24 @@ from pydantic import (
     model_validator,
 )
 
-from nin_bench.errors import UserError
+from nin_bench import presets
+from nin_bench.errors import ConfigError
+from nin_bench.suite_files import builtin_protocols, load_yaml, read_yaml, with_protocols
+
+__all__ = ["ConfigError", "SuiteConfig", "builtin_protocols", "load_config", "load_yaml", "resolve_protocol",
+           "validate"]
 
 STAGES = ("profile", "timing", "train")
-# train.augment "auto", per data set (the train stage applies it, the report states it): crop+flip for natural
-# images; crop only for Fashion-MNIST, whose left/right-asymmetric classes (shoes point left) make a flipped
-# image a slightly different distribution from the test set.
-AUTO_AUGMENT = {"cifar10": "crop_flip", "imagefolder": "crop_flip", "fashion_mnist": "crop"}
-PRESETS = ("nin_cifar", "nin_d2l")  # kept equal to models.REGISTRY by tests/test_config.py
-
-
-class ConfigError(UserError):
-    """A user-facing configuration error (one line: key path, value, what is allowed)."""
+# The allowed names come from `nin_bench.presets`; these views keep their old names.
+PRESETS = tuple(sorted(presets.REGISTRY))
+DATASETS = tuple(presets.DATASETS)
+# train.augment "auto", per data set (the train stage applies it, the report states it).
+AUTO_AUGMENT = {d.name: d.augment for d in presets.DATASETS.values()}
+# Literals built from the registries (pydantic's error then lists the allowed values).
+PresetName = Literal[PRESETS]  # type: ignore[valid-type]
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
+HeadName = Literal[presets.HEADS]  # type: ignore[valid-type]
+InitName = Literal[presets.INITS]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -41,14 +48,14 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     """Architecture axes passed to `build_model` (see its docstring for their meaning)."""
 
-    preset: Literal["nin_cifar", "nin_d2l"] = "nin_cifar"
+    preset: PresetName = "nin_cifar"
     n_1x1: int = Field(2, ge=0, le=3)
-    head: Literal["gap", "fc"] = "gap"
+    head: HeadName = "gap"
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     width: float = Field(1.0, gt=0.0, le=8.0)
     batchnorm: bool = False
     fc_hidden: list[int] | None = None
-    init: Literal["kaiming", "xavier", "default"] = "kaiming"
+    init: InitName = "kaiming"
 
     @field_validator("fc_hidden")
     @classmethod
@@ -61,7 +68,7 @@ class ModelSettings(_Section):
 class DataSettings(_Section):
     """Which data set, at which input size, found where."""
 
-    dataset: Literal["cifar10", "fashion_mnist", "imagefolder"] = "cifar10"
+    dataset: DatasetName = "cifar10"
     input_size: int | None = Field(None, ge=8, le=1024)  # None: the data set's native size
     root: str | None = None  # None: env NIN_BENCH_DATA, then the user cache dir
     download: bool = False
@@ -72,12 +79,6 @@ class DataSettings(_Section):
         if self.dataset == "imagefolder" and not self.path:
             raise ValueError("dataset 'imagefolder' needs data.path (a folder with train/<class>/ and test/<class>/)")
         return self
-
-
-class ProfileSettings(_Section):
-    """Parameter and FLOP counting (always at batch 1, per image)."""
-
-    backward: bool = True  # also count forward+backward FLOPs
 
 
 class TimingSettings(_Section):
@@ -94,6 +95,10 @@ class TimingSettings(_Section):
     warmup: int = Field(5, ge=0)
     repeats: int = Field(20, ge=3)
     threads: int | None = Field(None, ge=1)  # None: all cores
+    # per-layer time (torch.profiler) of every eager dtype x layout, at these batch sizes (None: the reference
+    # batch size), measured right after the sweep's forward row of the same setting (same machine state)
+    layer_timing: bool = True
+    layer_timing_batch_sizes: list[int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "TimingSettings":
@@ -102,6 +107,11 @@ class TimingSettings(_Section):
                 raise ValueError(f"timing.{key} must not be empty")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"timing.batch_sizes must be positive integers, got {self.batch_sizes}")
+        for key in ("compile_batch_sizes", "layer_timing_batch_sizes"):
+            extra = [b for b in getattr(self, key) or [] if b not in self.batch_sizes]
+            if extra:
+                raise ValueError(f"timing.{key} {getattr(self, key)} must be among timing.batch_sizes "
+                                 f"{self.batch_sizes} (each is compared with the sweep's row at that batch)")
         if self.reference_batch_size not in self.batch_sizes:
             raise ValueError(
                 f"timing.reference_batch_size {self.reference_batch_size} must be one of "
@@ -155,13 +165,13 @@ class SuiteConfig(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
+    protocols: list[str] = []  # protocol files merged under this suite, in order (see `with_protocols`)
     seeds: list[int] = [0]
     stages: list[str] = list(STAGES)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     grid: dict[str, list[Any]]
-    profile: ProfileSettings = ProfileSettings()
     timing: TimingSettings = TimingSettings()
     train: TrainSettings = TrainSettings()
     report: ReportSettings = ReportSettings()
@@ -200,7 +210,9 @@ class SuiteConfig(_Section):
 # ---- loading, overrides, protocol ------------------------------------------------------------------------
 
 _DOTTED_DICTS = ("grid", "cpu", "gpu", "quick")  # sections whose keys are themselves dotted paths
-_OVERRIDABLE = ("model", "data", "train", "timing", "profile")  # what grid / protocol blocks may change
+_OVERRIDABLE = ("model", "data", "train", "timing")  # what grid / protocol blocks may change
+# Sections a config may no longer hold, and why: an old YAML gets this instead of "unknown key".
+_REMOVED = {"profile": "the backward FLOPs are always counted"}
 
 # --quick: a smoke run of every stage (seconds per variant, not minutes), applied after the cpu/gpu block.
 QUICK_DEFAULTS: dict[str, Any] = {
@@ -259,37 +271,38 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def parse_set(item: str) -> tuple[str, Any]:
-    """Parse one `--set key=value`; the value is read as YAML (so 2 is an int, [0,1] a list, true a bool)."""
+    """Parse one `--set key=value`; the value is read as YAML (so 2 is an int, 5e-4 a float, [0,1] a list)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
     try:
-        return key.strip(), yaml.safe_load(text)
+        return key.strip(), load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({exc.__class__.__name__})") from None
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning every file or syntax problem into a ConfigError."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.__class__.__name__}: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"invalid YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, grid, ...), got {type(raw).__name__}")
-    return raw
+def _check_removed(raw: dict[str, Any]) -> None:
+    """Fail with the reason when a raw mapping uses a removed section, itself or as a grid/cpu/gpu/quick key."""
+    blocks = [(f"{b}.", raw[b]) for b in _DOTTED_DICTS if isinstance(raw.get(b), dict)]
+    for section, why in _REMOVED.items():
+        used = [f"{at}{k}" for at, keys in [("", raw), *blocks] for k in keys if k.split(".")[0] == section]
+        if used:
+            raise ConfigError(f"{used[0]}: the {section!r} section was removed ({why}); delete it")
 
 
-def validate(raw: dict[str, Any], where: str = "") -> SuiteConfig:
-    """Validate a raw mapping, every grid point and every override block included."""
+def validate(raw: dict[str, Any], where: str = "", base: Path | None = None) -> SuiteConfig:
+    """Validate a raw mapping (its `protocols` merged under it), every grid point and override block included.
+
+    Args:
+        raw: a suite's mapping.
+        where: context for error messages.
+        base: the folder relative protocol paths are taken from; None: the working directory.
+    """
+    return _validate_merged(with_protocols(raw, base, SuiteConfig.model_fields), where)
+
+
+def _validate_merged(raw: dict[str, Any], where: str = "") -> SuiteConfig:
+    _check_removed(raw)
     try:
         cfg = SuiteConfig.model_validate(raw)
     except ValidationError as err:
@@ -322,19 +335,26 @@ def apply_overrides(cfg: SuiteConfig, overrides: dict[str, Any], where: str = ""
 
 
 def load_config(path: Path, sets: list[str] = ()) -> SuiteConfig:
-    """Read, override (`--set`) and validate a suite YAML.
+    """Read a suite YAML, merge its protocols under it, override (`--set`) and validate.
 
     Args:
         path: the YAML file.
-        sets: `key=value` strings from the command line, applied in order.
+        sets: `key=value` strings from the command line, applied in order after the protocols are merged
+            (`--set protocols=[...]` replaces the suite's list before the merge).
 
     Returns:
         The validated, frozen config (protocol blocks not yet applied: see `resolve_protocol`).
     """
-    raw = read_yaml(Path(path))
-    for item in sets:
-        set_dotted(raw, *parse_set(item))
-    return validate(raw)
+    path = Path(path)
+    raw = read_yaml(path)
+    pairs = [parse_set(item) for item in sets]
+    for key, value in pairs:
+        if key == "protocols":
+            raw["protocols"] = value
+    raw = with_protocols(raw, path.parent, SuiteConfig.model_fields)
+    for key, value in pairs:
+        set_dotted(raw, key, value)
+    return _validate_merged(raw)
 
 
 def resolve_protocol(cfg: SuiteConfig, *, cuda: bool, quick: bool = False, full: bool = False,

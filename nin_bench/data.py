@@ -24,16 +24,16 @@ import numpy as np
 import torch
 
 from nin_bench import data_sources as ds
+from nin_bench import presets
 from nin_bench.data_sources import DataError
 
 __all__ = ["DataError", "Dataset", "load_dataset", "data_root", "channel_stats", "CIFAR10_CLASSES",
            "FASHION_MNIST_CLASSES", "DATASETS"]
 
-DATASETS = ("cifar10", "fashion_mnist", "imagefolder")
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-# torchvision's FashionMNIST.classes (label order of the official IDX files).
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]
+# The data sets' names and class lists are stated in `nin_bench.presets`.
+DATASETS = tuple(presets.DATASETS)
+CIFAR10_CLASSES = list(presets.DATASETS["cifar10"].classes)
+FASHION_MNIST_CLASSES = list(presets.DATASETS["fashion_mnist"].classes)
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte")
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -41,8 +41,8 @@ CIFAR_TREE_DIRS = ("cifar10-jpeg", "CIFAR-10-images", ".")
 CIFAR_TARBALLS = ("cifar10-jpeg.tar.gz",)
 # Bump when the cached layout or the decode order changes, so stale caches are never read.
 CACHE_VERSION = 1
-_HOW_TO_GET = ("to get the data, set data.root (or env NIN_BENCH_DATA) to a folder that holds it (this project's "
-               "../shared/data holds both data sets), or set data.download: true on a machine with network access")
+_HOW_TO_GET = ("to get the data, set data.root (or env NIN_BENCH_DATA) to a folder that holds the data sets, "
+               "or set data.download: true on a machine with network access")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors with == is not a bool

@@ -1,108 +1,32 @@
 """Network in Network (Lin, Chen & Yan, ICLR 2014): one builder, presets as data.
 
 A NiN is a list of mlpconv blocks (a k×k conv followed by 1×1 convs, ReLU after each) with pooling and
-dropout between them, and a head. Presets in `REGISTRY` describe that list; every ablation axis
-(`n_1x1`, `head`, `dropout`, `width`, `batchnorm`, ...) is a keyword of `build_model`, as in timm's `vgg.py`.
+dropout between them, and a head. Presets in `REGISTRY` (plain data, in the torch-free `nin_bench.presets`)
+describe that list; every ablation axis (`n_1x1`, `head`, `dropout`, `width`, `batchnorm`, ...) is a keyword of
+`build_model`, as in timm's `vgg.py`.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
-# Width placeholder for the network's output maps: `num_classes` for the GAP head, the preset's (scaled)
-# `fc_width` for the FC head. It is never scaled by `width` when it means the class maps.
-OUT = "out"
-
-HEADS = ("gap", "fc")
-INITS = ("kaiming", "xavier", "default")
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One mlpconv block.
-
-    `conv_width` is the k×k conv's width; `mlp` the 1×1 widths at n_1x1=2 (the paper's count). `n_1x1=n`
-    keeps the last n entries of `mlp` (n=3 repeats the first in front); n=0 makes the k×k conv output
-    `mlp[-1]`, so a block's output width never depends on n.
-    """
-
-    conv_width: Union[int, str]
-    kernel: int
-    stride: int
-    padding: int
-    mlp: tuple[Union[int, str], ...]
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """A pooling layer between blocks ("max" or "avg"); floor mode, as PyTorch (and the pins) use."""
-
-    kind: str
-    kernel: int
-    stride: int
-    padding: int = 0
-
-
-@dataclass(frozen=True)
-class DropSpec:
-    """Dropout(p) at this position; omitted entirely when p == 0."""
-
-
-Layer = Union[BlockSpec, PoolSpec, DropSpec]
-
-
-@dataclass(frozen=True)
-class PresetSpec:
-    """A named NiN: its layer list, native input size, FC-head trunk width and default FC hidden sizes."""
-
-    name: str
-    layers: tuple[Layer, ...]
-    native_size: int
-    fc_width: int
-    fc_hidden: tuple[int, ...]
-    description: str
-
-
-NIN_D2L = PresetSpec(
-    name="nin_d2l",
-    layers=(
-        BlockSpec(96, 11, 4, 0, (96, 96)),
-        PoolSpec("max", 3, 2),
-        BlockSpec(256, 5, 1, 2, (256, 256)),
-        PoolSpec("max", 3, 2),
-        BlockSpec(384, 3, 1, 1, (384, 384)),
-        PoolSpec("max", 3, 2),
-        DropSpec(),
-        BlockSpec(OUT, 3, 1, 1, (OUT, OUT)),
-    ),
-    native_size=224,
-    fc_width=384,
-    fc_hidden=(4096, 4096),  # AlexNet's head: the comparison the d2l chapter draws
-    description="d2l.ai's NiN (7.3): 96-256-384 mlpconv blocks, 224x224 input",
+# The presets are plain data in `nin_bench.presets` (torch-free); their names stay importable from here.
+from nin_bench.presets import (  # noqa: F401  (re-exported)
+    HEADS,
+    INITS,
+    NIN_CIFAR,
+    NIN_D2L,
+    OUT,
+    REGISTRY,
+    BlockSpec,
+    DropSpec,
+    Layer,
+    PoolSpec,
+    PresetSpec,
 )
-
-NIN_CIFAR = PresetSpec(
-    name="nin_cifar",
-    layers=(
-        BlockSpec(192, 5, 1, 2, (160, 96)),
-        PoolSpec("max", 3, 2, 1),
-        DropSpec(),
-        BlockSpec(192, 5, 1, 2, (192, 192)),
-        PoolSpec("avg", 3, 2, 1),
-        DropSpec(),
-        BlockSpec(192, 3, 1, 1, (192, OUT)),
-    ),
-    native_size=32,
-    fc_width=192,
-    fc_hidden=(1024,),
-    description="the paper's CIFAR-10 NiN (author's cuda-convnet/Caffe definition), 32x32 input",
-)
-
-REGISTRY: dict[str, PresetSpec] = {p.name: p for p in (NIN_D2L, NIN_CIFAR)}
 
 
 def block_widths(block: BlockSpec, n_1x1: int) -> list[Union[int, str]]:

@@ -31,8 +31,11 @@ Log = Callable[[str], None]
 
 
 def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
-    """Hash of what the measurements depend on: the resolved config (stages excluded), protocol and device."""
-    payload = cfg.model_dump(mode="json", exclude={"stages", "description", "protocol_notes"})
+    """Hash of what the measurements depend on: the resolved config (stages excluded), protocol and device.
+
+    `protocols` is left out: the protocol files are already merged into the resolved settings, so naming them
+    (or moving the same settings into or out of one) changes nothing measured."""
+    payload = cfg.model_dump(mode="json", exclude={"stages", "description", "protocol_notes", "protocols"})
     text = json.dumps({"config": payload, "protocol": protocol}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -5,12 +5,14 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from nin_bench import presets
 from nin_bench.config import ConfigError, SuiteConfig, apply_overrides
 
-# Native size, channels and classes of the built-in data sets (imagefolder is read from the data).
-DATASETS: dict[str, tuple[int, int, int]] = {"cifar10": (3, 32, 10), "fashion_mnist": (1, 28, 10)}
-# nin_d2l is the d2l book's 224x224 model: d2l resizes Fashion-MNIST to 224, so do we by default.
-PRESET_INPUT = {"nin_d2l": 224}
+# Views of `nin_bench.presets` kept under their old names: (channels, native side, classes) of the built-in
+# data sets whose shape is known without reading them, and the side a preset resizes its input to.
+DATASETS: dict[str, tuple[int, int, int]] = {
+    d.name: (d.channels, d.native_size, d.num_classes) for d in presets.DATASETS.values() if d.channels}
+PRESET_INPUT: dict[str, int] = {p.name: p.resize_to for p in presets.REGISTRY.values() if p.resize_to}
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ def _hidden_text(hidden: list[int] | None) -> str | None:
 
 
 def input_size_of(cfg: SuiteConfig) -> int | None:
-    """The input side the model sees: data.input_size, else the preset's own (224 for nin_d2l), else native."""
-    return cfg.data.input_size or PRESET_INPUT.get(cfg.model.preset)
+    """The input side the model sees: data.input_size, else the preset's `resize_to` (224 for nin_d2l), else None
+    (the data's native side)."""
+    return cfg.data.input_size or presets.REGISTRY[cfg.model.preset].resize_to
 
 
 def variant_id(cfg: SuiteConfig, grid_values: tuple[tuple[str, Any], ...]) -> str:
@@ -113,14 +116,13 @@ class DataShape:
 def data_shape_of(variant: "Variant", loader: Any = None) -> DataShape:
     """The variant's data shape: the built-in data set's facts, or an image tree's own (read through `loader`,
     a callable variant -> Dataset), at data.input_size or the preset's fixed size when one is set."""
-    d = variant.config.data
-    if d.dataset == "imagefolder":
+    spec = presets.DATASETS[variant.config.data.dataset]
+    c, side, n = spec.channels, spec.native_size, spec.num_classes
+    if c is None:  # an image tree: its shape is its images'
         if loader is None:
-            raise ValueError("an imagefolder variant's shape is read from its data: pass a loader")
+            raise ValueError(f"the shape of a {spec.name!r} variant is read from its data: pass a loader")
         ds = loader(variant)
         c, side, n = ds.train_x.shape[1], ds.train_x.shape[2], len(ds.classes)
-    else:
-        c, side, n = DATASETS[d.dataset]
     return DataShape(c, input_size_of(variant.config) or side, n)
 
 

@@ -22,6 +22,10 @@ def nin(*args, cwd=ROOT):
     ("name: t\ngrid: {model.n_1x1: [0]}\nmodel: {preset: vgg}\n", "model.preset: Input should be 'nin_cifar' or"),
     ("name: t\ngrid: {model.n_1x1: [0\n", "invalid YAML"),
     ("name: t\ngrid: {model.n_1x1: [0]}\ndata: {dataset: cifar10, root: /no/such/dir}\n", "/no/such/dir"),
+    ("name: t\ngrid: {model.n_1x1: [0]}\ntrain: {weight_decay: 5e-4x}\n",
+     "train.weight_decay: Input should be a valid number"),
+    ("name: t\ngrid: {model.n_1x1: [0]}\nprofile: {backward: true}\n", "'profile' section was removed"),
+    ("name: t\ngrid: {model.n_1x1: [0]}\nprotocols: [nope]\n", "unknown protocol 'nope'; built-in: cpu_short"),
 ])
 def test_malformed_config_exits_2_with_one_line(tmp_path, text, needle):
     cfg = tmp_path / "c.yaml"
@@ -47,6 +51,16 @@ def test_bad_set_value_exits_2(tmp_path):
     assert res.returncode == 2 and "model.n_1x1" in res.stderr and "(got 9)" in res.stderr
 
 
+def test_set_and_suite_take_floats_as_people_write_them(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(GOOD + "train: {weight_decay: 1e-3, lr: .1}\n")
+    res = nin("list", str(cfg), "--set", "train.weight_decay=5e-4", "--set", "train.lr=1E-1")
+    assert res.returncode == 0, res.stderr
+    res = nin("list", str(cfg), "--set", "train.weight_decay=5e-4.0")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "train.weight_decay: Input should be a valid number" in res.stderr and "'5e-4.0'" in res.stderr
+
+
 def test_list_prints_the_grid(tmp_path):
     res = nin("list", "ablations/one_by_one.yaml")
     assert res.returncode == 0, res.stderr
@@ -60,3 +74,13 @@ def test_inspect_preset_prints_layer_table():
     assert "966,986" in res.stdout or "966986" in res.stdout
     res = nin("inspect", "resnet50")
     assert res.returncode == 2 and "neither a preset" in res.stderr
+
+
+def test_inspect_time_prints_the_per_layer_time_table():
+    res = nin("inspect", "nin_cifar", "--set", "model.width=0.125", "--time", "--batch", "4")
+    assert res.returncode == 0, res.stderr
+    table = res.stdout.split("end-to-end forward")[1]
+    assert "features.block1.conv2  conv_1x1" in table and "\nrest " in table and "bound" in table
+    assert not res.stderr.strip()  # kineto's profiler chatter is silenced
+    res = nin("inspect", "nin_cifar", "--time", "--batch", "0")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1

@@ -1,22 +1,72 @@
 """Config: defaults, overrides, protocol blocks, grid expansion and one-line errors naming the key path."""
+import json
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from nin_bench.config import PRESETS, ConfigError, load_config, resolve_protocol, validate
+from nin_bench import presets
+from nin_bench.config import (
+    PRESETS,
+    ConfigError,
+    DataSettings,
+    ModelSettings,
+    builtin_protocols,
+    load_config,
+    resolve_protocol,
+    validate,
+)
 from nin_bench.variants import expand_grid
 
 ABLATIONS = sorted((Path(__file__).parents[1] / "ablations").glob("*.yaml"))
+SNAPSHOT = Path(__file__).parent / "fixtures" / "resolved_suites.json"
 
 
 def _raw(**extra):
     return {"name": "t", "grid": {"model.n_1x1": [0, 1, 2]}, **extra}
 
 
-def test_presets_match_registry():
-    from nin_bench.models import REGISTRY
+def test_allowed_presets_and_datasets_are_the_registrys():
+    preset = ModelSettings.model_fields["preset"].annotation
+    assert typing.get_args(preset) == PRESETS == tuple(sorted(presets.REGISTRY))
+    assert typing.get_args(DataSettings.model_fields["dataset"].annotation) == tuple(presets.DATASETS)
+    assert typing.get_args(ModelSettings.model_fields["head"].annotation) == presets.HEADS
+    assert typing.get_args(ModelSettings.model_fields["init"].annotation) == presets.INITS
 
-    assert sorted(PRESETS) == sorted(REGISTRY)
+
+def test_config_and_presets_import_no_torch():
+    code = "import sys, nin_bench.config, nin_bench.presets, nin_bench.variants; print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
+
+
+def _resolved_dump(path: Path, cuda: bool, quick: bool, full: bool) -> dict:
+    resolved, protocol, device = resolve_protocol(load_config(path), cuda=cuda, quick=quick, full=full)
+    return {"protocol": protocol, "device": device, "config": resolved.model_dump(mode="json")}
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
+def test_shipped_suites_resolve_as_before_protocol_files(path):
+    """Every shipped suite resolves, under every protocol, to exactly what it did before the suites named
+    protocol files (`protocols: [...]`) instead of repeating them.
+
+    `fixtures/resolved_suites.json` was generated once, from the code before that change: for each suite and
+    each cuda / quick / full flag, `resolve_protocol(load_config(suite), ...)` with its `model_dump(mode="json")`
+    (the `profile` section, removed in the same change, dropped). Do not regenerate it from the current suites:
+    a difference here is a change in what a suite runs. Compared as sorted JSON text, so an int that became a
+    float (or back) also fails; the grid's key order (the variants' order) is compared on its own.
+    """
+    snapshot = json.loads(SNAPSHOT.read_text())
+    keys = [k for k in snapshot if k.split()[0] == path.stem]
+    assert len(keys) == 8
+    for key in keys:
+        flags = {f.split("=")[0]: f.endswith("True") for f in key.split()[1:]}
+        got = _resolved_dump(path, **flags)
+        assert got["config"].pop("protocols"), "each shipped suite names its protocols"
+        assert json.dumps(got, sort_keys=True) == json.dumps(snapshot[key], sort_keys=True), key
+        assert list(got["config"]["grid"]) == list(snapshot[key]["config"]["grid"])
 
 
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
@@ -114,3 +164,116 @@ def test_file_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="--set expects key=value"):
         load_config(ABLATIONS[0], ["epochs"])
+
+
+# ---- YAML 1.2 floats ---------------------------------------------------------------------------------------
+
+FLOATS = [("5e-4", 5e-4), ("1e6", 1e6), ("-1E-3", -1e-3), (".5", 0.5), ("+1.5e3", 1500.0), ("1.0", 1.0),
+          (".inf", float("inf")), ("-.inf", float("-inf"))]
+NOT_FLOATS = [("1", 1), ("-3", -3), ("1e", "1e"), ("e5", "e5"), ("1.2.3", "1.2.3"), ("0.5x", "0.5x")]
+
+
+@pytest.mark.parametrize("text, value", FLOATS + NOT_FLOATS + [(".nan", "nan")], ids=lambda x: str(x))
+def test_yaml_reads_floats_as_yaml_1_2(text, value):
+    from nin_bench.config import load_yaml, parse_set
+
+    for got in (load_yaml(text), load_yaml(f"k: {text}")["k"], parse_set(f"k={text}")[1]):
+        if value == "nan":
+            assert isinstance(got, float) and got != got
+        else:
+            assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("text, value", [f for f in FLOATS if f[1] >= 0] + [("1", 1)], ids=lambda x: str(x))
+def test_float_forms_in_set_and_suite_file(tmp_path, text, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: t\ngrid: {{model.n_1x1: [0]}}\ntrain: {{weight_decay: {text}}}\n")
+    assert load_config(path).train.weight_decay == value
+    path.write_text("name: t\ngrid: {model.n_1x1: [0]}\n")
+    assert load_config(path, [f"train.weight_decay={text}"]).train.weight_decay == value
+
+
+@pytest.mark.parametrize("text", ["1e", "e5", "1.2.3", "0.5x", "5e-4.0"])
+def test_bad_float_names_the_key(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: t\ngrid: {{model.n_1x1: [0]}}\ntrain: {{weight_decay: {text}}}\n")
+    for sets in ([], [f"train.weight_decay={text}"]):
+        with pytest.raises(ConfigError) as err:
+            load_config(path if not sets else ABLATIONS[0], sets)
+        assert "train.weight_decay: Input should be a valid number" in str(err.value)
+        assert repr(text) in str(err.value) and "\n" not in str(err.value)
+
+
+# ---- protocol files ----------------------------------------------------------------------------------------
+
+def test_builtin_protocols_are_shipped_and_valid():
+    assert {"paper", "timing_sweep", "cpu_short"} <= set(builtin_protocols())
+    for name in builtin_protocols():
+        cfg = validate(_raw(protocols=[name]))
+        assert cfg.protocols == [name]
+
+
+def test_protocols_merge_in_order_then_suite_on_top(tmp_path):
+    (tmp_path / "a.yaml").write_text("train: {epochs: 7, lr: 0.3}\ncpu: {train.epochs: 2, model.width: 0.5}\n"
+                                     "timing: {batch_sizes: [1, 2, 128]}\nprotocol_notes: {cpu: from a}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yml").write_text("train: {lr: 0.2}\ncpu: {train.subset: 900}\n"
+                                            "protocol_notes: {gpu: from b}\n")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ngrid: {model.n_1x1: [0]}\nprotocols: [a.yaml, sub/b.yml]\n"
+                     "train: {epochs: 5}\ncpu: {model.width: 0.25}\ntiming: {batch_sizes: [128]}\n")
+    cfg = load_config(suite, ["train.momentum=0.8"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.momentum) == (5, 0.2, 0.8)
+    assert cfg.cpu == {"train.epochs": 2, "model.width": 0.25, "train.subset": 900}  # mappings merge
+    assert cfg.timing.batch_sizes == [128]  # lists replace
+    assert cfg.protocol_notes == {"cpu": "from a", "gpu": "from b"}
+    assert cfg.protocols == ["a.yaml", "sub/b.yml"]
+    assert resolve_protocol(cfg, cuda=False)[0].train.epochs == 2
+
+
+def test_set_protocols_replaces_the_list_before_the_merge(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ngrid: {model.n_1x1: [0]}\nprotocols: [paper]\n")
+    assert load_config(suite).train.epochs == 100
+    cfg = load_config(suite, ["protocols=[cpu_short]"])
+    assert (cfg.protocols, cfg.train.epochs, cfg.cpu["model.width"]) == (["cpu_short"], 30, 0.25)
+
+
+@pytest.mark.parametrize("protocols, proto_text, message", [
+    ("[paperr]", None, "protocols: unknown protocol 'paperr'; built-in: cpu_short, paper, timing_sweep"),
+    ("paper", None, "protocols: expected a list"),
+    ("[p.yaml]", "name: x\n", "protocol 'p.yaml': key 'name' is not allowed in a protocol file"),
+    ("[p.yaml]", "grid: {model.n_1x1: [1]}\n", "key 'grid' is not allowed in a protocol file"),
+    ("[p.yaml]", "description: x\n", "key 'description' is not allowed in a protocol file"),
+    ("[p.yaml]", "protocols: [paper]\n", "key 'protocols' is not allowed in a protocol file"),
+    ("[p.yaml]", "trian: {epochs: 1}\n", "key 'trian' is not allowed in a protocol file (allowed: seeds, stages"),
+    ("[p.yaml]", "train: {epochs: [1\n", "invalid YAML in"),
+    ("[missing.yaml]", None, "config file not found"),
+    ("[p.yaml]", "train: {epochs: 0}\n", "train.epochs: Input should be greater than or equal to 1"),
+])
+def test_protocol_errors(tmp_path, protocols, proto_text, message):
+    if proto_text is not None:
+        (tmp_path / "p.yaml").write_text(proto_text)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: s\ngrid: {{model.n_1x1: [0]}}\nprotocols: {protocols}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(suite)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# ---- removed keys ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, where", [
+    (_raw(profile={"backward": True}), "profile:"),
+    (_raw(cpu={"profile.backward": False}), "cpu.profile.backward:"),
+])
+def test_removed_profile_section_says_so(raw, where):
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert str(err.value).startswith(where)
+    assert "the 'profile' section was removed (the backward FLOPs are always counted); delete it" in str(err.value)
+
+
+def test_removed_profile_section_from_set():
+    with pytest.raises(ConfigError, match="'profile' section was removed"):
+        load_config(ABLATIONS[0], ["profile.backward=false"])

@@ -279,3 +279,27 @@ def test_input_too_small_names_minimum() -> None:
     with pytest.raises(ValueError, match=r"input_size=64 is too small.*>= 67"):
         build_meta("nin_d2l", input_size=64)
     assert n_params(build_meta("nin_d2l", input_size=67, head="fc")) == hand_count("nin_d2l", head="fc", size=67)[0]
+
+
+# ---------------------------------------------------------------------------------------------- facts in one place
+
+
+def test_preset_and_data_facts_live_in_presets() -> None:
+    """The builder, the grid's data shapes and the data loader all read `nin_bench.presets`; the old names
+    stay importable with their old values."""
+    from nin_bench import data, models, presets, variants
+
+    assert models.REGISTRY is presets.REGISTRY and models.BlockSpec is presets.BlockSpec
+    assert models.OUT == presets.OUT and models.HEADS == presets.HEADS
+    assert variants.DATASETS == {"cifar10": (3, 32, 10), "fashion_mnist": (1, 28, 10)}
+    assert variants.PRESET_INPUT == {"nin_d2l": 224}
+    assert data.DATASETS == ("cifar10", "fashion_mnist", "imagefolder")
+    assert len(data.CIFAR10_CLASSES) == len(data.FASHION_MNIST_CLASSES) == 10
+    assert all(p.shown_on in presets.DATASETS for p in presets.REGISTRY.values())
+
+
+def test_inspect_shows_a_preset_on_its_data_set() -> None:
+    from nin_bench.inspect import inspect_target
+
+    assert inspect_target("nin_d2l", []).startswith("nin_d2l-n1x1_2-gap-do0.5-fashion_mnist  (input 1x224x224)")
+    assert inspect_target("nin_cifar", []).startswith("nin_cifar-n1x1_2-gap-do0.5-cifar10  (input 3x32x32)")
