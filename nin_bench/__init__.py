@@ -1,7 +1,7 @@
 """nin_bench: a benchmarking and ablation suite for Network in Network (Lin, Chen & Yan, ICLR 2014).
 
-`build_model` and `REGISTRY` are loaded lazily so that `import nin_bench` (and the report, which reads only
-stored records) works where torch cannot be imported.
+`build_model` is loaded lazily so that `import nin_bench` (and the report, which reads only stored records)
+works where torch cannot be imported; `REGISTRY` is plain data (`nin_bench.presets`).
 """
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ __all__ = ["REGISTRY", "build_model", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("build_model", "REGISTRY"):
-        from nin_bench import models
+    if name == "build_model":
+        from nin_bench.models import build_model
 
-        return getattr(models, name)
+        return build_model
+    if name == "REGISTRY":
+        from nin_bench.presets import REGISTRY
+
+        return REGISTRY
     raise AttributeError(f"module 'nin_bench' has no attribute {name!r}")

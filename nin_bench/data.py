@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from nin_bench import data_sources as ds
+from nin_bench.atomic import atomic_target
 from nin_bench import presets
 from nin_bench.data_sources import DataError
 
@@ -364,12 +365,9 @@ def _read_cache(cache_file: Path) -> dict[str, torch.Tensor] | None:
 
 
 def _write_cache(cache_file: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Save tensors atomically (temp file + os.replace); a failure only costs the next load a decode."""
-    tmp = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}")
+    """Save tensors atomically (`atomic.atomic_target`); a failure only costs the next load a decode."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(tensors, tmp)
-        os.replace(tmp, cache_file)
+        with atomic_target(cache_file) as tmp:
+            torch.save(tensors, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write data cache {cache_file} ({exc}); the next load decodes again")

@@ -28,16 +28,13 @@ class Variant:
         return data_shape_of(self, loader)
 
     def record_columns(self, shape: "DataShape") -> dict[str, Any]:
-        """The flat axis columns every record of this variant carries."""
-        return self.axes(shape.channels, shape.side, shape.num_classes)
-
-    def axes(self, in_channels: int, input_size: int, num_classes: int) -> dict[str, Any]:
-        """The flat axis columns every record of this variant carries."""
+        """The flat axis columns every record of this variant carries (its axes and the shape its model sees)."""
         m, d = self.config.model, self.config.data
         cols = {
             "variant": self.id, "preset": m.preset, "n_1x1": m.n_1x1, "head": m.head, "dropout": m.dropout,
             "width": m.width, "batchnorm": m.batchnorm, "fc_hidden": _hidden_text(m.fc_hidden), "init": m.init,
-            "dataset": d.dataset, "in_channels": in_channels, "input_size": input_size, "num_classes": num_classes,
+            "dataset": d.dataset, "in_channels": shape.channels, "input_size": shape.side,
+            "num_classes": shape.num_classes,
         }
         for key, value in self.grid_values:  # grid keys outside the model/data axes, e.g. train.lr
             cols.setdefault(key.split(".")[-1], value)
