@@ -66,6 +66,7 @@ def _layer_timer(cfg: Any, batch: int | None, dtype: str, device: str) -> Callab
     """A function (model, shape) -> the per-layer time table, with the device's roofline measured once."""
     import torch
 
+    from nin_bench.device import steady_cpu_heap
     from nin_bench.layer_timing import format_layer_times, memory_bandwidth, roofline, time_layers
     from nin_bench.timing import matmul_peak_flops, set_threads
 
@@ -73,6 +74,7 @@ def _layer_timer(cfg: Any, batch: int | None, dtype: str, device: str) -> Callab
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
     dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     set_threads(cfg.timing.threads)
+    steady_cpu_heap()  # as a run has it: no page faults per step (device.steady_cpu_heap)
     bs = batch or cfg.timing.reference_batch_size
     peak, bandwidth = matmul_peak_flops(dev, dtype), memory_bandwidth(dev)
     t = cfg.timing

@@ -38,10 +38,12 @@ def unit_resources(unit: Unit, device: str, threads: int) -> dict[str, float]:
 
 def run_unit_task(unit: Unit, ctx: RunContext, known: list[dict[str, Any]], threads: int) -> UnitResult:
     """The body of a Ray task: the same `run_unit` the local executor calls, with the run's thread count."""
+    from nin_bench.device import steady_cpu_heap
     from nin_bench.timing import set_threads
 
     ctx.check_deadline()  # a task that waited in Ray's queue past the budget does not start
     set_threads(threads)
+    steady_cpu_heap()  # as the driver's process has it (see there)
     return run_unit(unit, ctx, known)
 
 

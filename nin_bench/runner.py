@@ -20,6 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from nin_bench.config import SuiteConfig
+from nin_bench.device import steady_cpu_heap
 from nin_bench.manifest import build_manifest, device_name
 from nin_bench.records import is_unit_failure, latest_per_key, unit_key
 from nin_bench.results_dir import ResultsDir
@@ -144,9 +145,11 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         if cuda_fallback:
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
         threads = set_threads(cfg.timing.threads)
+        heap = steady_cpu_heap()
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
+        manifest["cpu_heap"] = heap
         write_run_files(rd, cfg, manifest, protocol)
         variants = expand_grid(cfg)
         records = rd.read_records()

@@ -228,3 +228,13 @@ def test_gpu_session_exits_2_with_one_line_without_cuda(tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "needs a CUDA device" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_steady_cpu_heap_on_glibc():
+    import platform
+
+    text = device.steady_cpu_heap()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert text is not None and "M_MMAP_MAX=0" in text
+    m = build_manifest(device="cpu", device_name="cpu", threads=1, protocol="cpu")
+    assert "cpu_heap" not in m  # the runner records what it set, beside the manifest's facts
