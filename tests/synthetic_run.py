@@ -106,7 +106,9 @@ def layer_recs(ds: str, n: int) -> list[dict]:
         "layer": "rest", "block": "rest", "kind": "rest", "batch_size": 128, "dtype": "fp32", "channels_last": False,
         "fwd_ms": total / 9, "fwd_train_ms": 0.0, "bwd_ms": 3.0, "macs": 0, "flops": 0, "bytes": 0,
         "intensity": None, "note": "framework between layers"})
-    return rows
+    e2e_fwd = sum(r["fwd_ms"] for r in rows)
+    e2e_step = sum(r["fwd_train_ms"] + r["bwd_ms"] for r in rows)
+    return [r | {"e2e_fwd_ms": e2e_fwd, "e2e_train_step_ms": e2e_step} for r in rows]
 
 
 def write_maps(path: Path, channels: int) -> None:

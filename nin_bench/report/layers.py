@@ -124,33 +124,57 @@ def roofline_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir)
     return save(fig, out, "roofline")
 
 
-def finding(rows: pd.DataFrame, labels: dict[str, str]) -> str | None:
-    """One sentence with the measured finding: what the 1×1 convs and the MAC-free layers cost against their MACs.
+_FREE = ("batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten")  # layers without MACs
 
-    Taken from the variant with the most 1×1 convolutions (their cost is the question), in its reference setting.
-    """
+
+def finding(rows: pd.DataFrame, labels: dict[str, str]) -> str | None:
+    """The measured finding in a sentence or two: where the time of the variant with the most 1×1 convolutions
+    goes, and (when the suite varies n_1x1) what the added 1×1 convolutions cost against the MACs they add."""
     if rows.empty:
         return None
-    by_n = rows.groupby("variant")["kind"].agg(lambda k: int((k == "conv_1x1").sum()))
-    v = by_n.idxmax()
+    n_1x1 = rows.groupby("variant", sort=False)["kind"].agg(lambda k: int((k == "conv_1x1").sum()))
+    v = n_1x1.idxmax()
     s = shares(rows[rows["variant"] == v], "kind").set_index("kind")
-    get = (lambda kind, col: float(s.loc[kind, col]) if kind in s.index else 0.0)
-    free = [k for k in ("batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten") if k in s.index]
-    free_fwd = sum(get(k, "fwd_share") for k in free)
-    free_step = sum(get(k, "step_share") for k in free)
-    setting = rows[rows["variant"] == v].iloc[0]
-    where = f"{labels.get(v, v)} ({setting['dataset']}, batch {int(setting['batch_size'])}, {setting['dtype']})"
-    text = f"Measured in {where}: "
-    if by_n[v] > 0:
-        text += (f"the 1×1 convolutions hold {get('conv_1x1', 'macs_share'):.0f} % of the MACs and take "
-                 f"{get('conv_1x1', 'fwd_share'):.0f} % of the forward time and {get('conv_1x1', 'step_share'):.0f} % "
-                 "of the train step; ")
-    text += (f"the layers without MACs ({', '.join(KIND_LABEL[k] for k in free)}) take {free_fwd:.0f} % of the "
-             f"forward time and {free_step:.0f} % of the train step, and {get('rest', 'fwd_share'):.0f} % of the "
-             "forward time falls outside any layer. Element-wise passes over full-size activation maps cost memory "
-             "traffic, not MACs, which is why MACs under-predict the cost of adding 1×1 convolutions (each brings "
-             "its own BatchNorm and ReLU pass).")
-    return text
+    free = [k for k in _FREE if k in s.index]
+    first = rows[rows["variant"] == v].iloc[0]
+    text = (f"In {labels.get(v, v)} (batch {int(first['batch_size'])}, {first['dtype']}) the layers without MACs "
+            f"({', '.join(KIND_LABEL[k] for k in free)}) take {s.loc[free, 'fwd_share'].sum():.0f} % of the "
+            f"forward time and {s.loc[free, 'step_share'].sum():.0f} % of the train step")
+    if "conv_1x1" in s.index:
+        text += (f"; the 1×1 convolutions hold {s.loc['conv_1x1', 'macs_share']:.0f} % of the MACs and take "
+                 f"{s.loc['conv_1x1', 'fwd_share']:.0f} % of the forward time")
+    return text + ". " + (_added_cost(rows, n_1x1, labels) or "")
+
+
+def _added_cost(rows: pd.DataFrame, n_1x1: pd.Series, labels: dict[str, str]) -> str | None:
+    """What adding 1×1 convolutions costs: MACs vs measured time, and where the added train-step time goes.
+
+    Compares the variants with the fewest and the most 1×1 convolutions on the data set of the latter.
+    """
+    most = n_1x1.idxmax()
+    ds = rows.loc[rows["variant"] == most, "dataset"].iloc[0]
+    same = n_1x1[[v for v in n_1x1.index if rows.loc[rows["variant"] == v, "dataset"].iloc[0] == ds]]
+    least = same.idxmin()
+    if same[least] == same[most]:
+        return None
+    a, b = rows[rows["variant"] == least], rows[rows["variant"] == most]
+    macs = b["macs"].sum() / a["macs"].sum()
+    fwd, step = (b[k].iloc[0] / a[k].iloc[0] for k in ("e2e_fwd_ms", "e2e_train_step_ms"))
+    per_kind = (lambda r: (r["fwd_train_ms"] + r["bwd_ms"]).groupby(r["kind"]).sum())
+    delta = per_kind(b).sub(per_kind(a), fill_value=0.0)
+    added = float(delta.sum())
+    if added <= 0:
+        return None
+    part = (lambda kinds: 100 * float(delta.reindex(kinds, fill_value=0.0).sum()) / added)
+    one, elem, kxk = part(["conv_1x1"]), part(["batchnorm", "relu"]), part(["conv_kxk"])
+    verdict = ("the element-wise passes each 1×1 convolution brings cost about as much as its arithmetic, so MACs "
+               "under-predict what it costs" if elem >= 0.5 * one else
+               "the arithmetic dominates on this device, so MACs predict the cost fairly well here")
+    return (f"On {ds}, {labels.get(most, most)} has {macs:.2f}× the MACs of {labels.get(least, least)} but its "
+            f"forward takes {fwd:.2f}× and its train step {step:.2f}× as long; of the train-step time it adds, the "
+            f"1×1 convolutions take {one:.0f} %, their BatchNorm and ReLU passes {elem:.0f} %, the k×k "
+            f"convolutions {kxk:.0f} % and the rest (pooling, dropout, framework) {100 - one - elem - kxk:.0f} %: "
+            f"{verdict}.")
 
 
 def coverage_table(rows: pd.DataFrame, timing: pd.DataFrame, labels: dict[str, str]) -> list[list[str]]:
