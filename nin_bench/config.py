@@ -90,7 +90,8 @@ class TimingSettings(_Section):
     dtypes: list[Literal["fp32", "bf16", "fp16"]] = ["fp32"]
     channels_last: list[bool] = [True]
     compile: list[bool] = [False]
-    # compiled rows run at these batch sizes only (None: the reference batch size); each pays a full compile
+    # compiled rows run at these batch sizes only; each pays a full compile. None: the reference batch size
+    # when eager rows run too (compile: [false, true]), every batch size when only compiled rows do
     compile_batch_sizes: list[int] | None = None
     warmup: int = Field(5, ge=0)
     repeats: int = Field(20, ge=3)

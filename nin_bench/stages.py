@@ -151,10 +151,14 @@ def run_profile(variant: Variant, ctx: RunContext) -> list[dict[str, Any]]:
 def timing_settings(t: Any) -> list[dict[str, Any]]:
     """Every (mode, dtype, channels_last, compile, batch_size) setting of a timing sweep, in record order.
 
-    Compiled settings run at `timing.compile_batch_sizes` only (None: the reference batch size): each compiled
-    row pays a full compile (tens of seconds), and throughput across batch sizes is what the eager rows show.
+    Compiled settings run at `timing.compile_batch_sizes` (None: the reference batch size when eager rows run
+    too, every batch size when only compiled rows do): each compiled row pays a full compile (tens of seconds),
+    and throughput across batch sizes is what the eager rows show.
     """
-    compile_sizes = t.compile_batch_sizes if t.compile_batch_sizes is not None else [t.reference_batch_size]
+    if t.compile_batch_sizes is not None:
+        compile_sizes = t.compile_batch_sizes
+    else:  # beside eager rows, the reference batch; compiled rows alone, every batch size
+        compile_sizes = [t.reference_batch_size] if False in t.compile else t.batch_sizes
     return [dict(mode=mode, dtype=dtype, channels_last=cl, compile=comp, batch_size=bs)
             for mode in t.modes for dtype in t.dtypes for cl in t.channels_last for comp in t.compile
             for bs in t.batch_sizes if not comp or bs in compile_sizes]

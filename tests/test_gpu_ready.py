@@ -236,3 +236,16 @@ def test_steady_cpu_heap_on_glibc():
     text = device.steady_cpu_heap()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert text is not None and "M_MMAP_MAX=0" in text
+
+
+def test_compiled_rows_alone_cover_every_batch_beside_eager_only_the_reference():
+    from nin_bench.config import TimingSettings
+    from nin_bench.stages import timing_settings
+
+    both = TimingSettings(batch_sizes=[1, 8, 32], reference_batch_size=8, compile=[False, True], modes=["forward"])
+    assert [(s["compile"], s["batch_size"]) for s in timing_settings(both)] == [(False, 1), (False, 8), (False, 32),
+                                                                               (True, 8)]
+    alone = both.model_copy(update={"compile": [True]})
+    assert [s["batch_size"] for s in timing_settings(alone)] == [1, 8, 32]
+    chosen = both.model_copy(update={"compile_batch_sizes": [1, 32]})
+    assert [s["batch_size"] for s in timing_settings(chosen) if s["compile"]] == [1, 32]

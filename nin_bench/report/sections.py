@@ -106,8 +106,10 @@ def _timing_line(tm: dict[str, Any]) -> str:
     keys = ["batch_sizes", "reference_batch_size", "dtypes", "channels_last", "compile", "warmup", "repeats"]
     text = "**Timing:** " + ", ".join(f"{k} {tm[k]}" for k in keys if k in tm)
     text += " (median per-iteration time reported)."
-    if True in (tm.get("compile") or []):
-        sizes = tm.get("compile_batch_sizes") or [tm.get("reference_batch_size")]
+    compile_ = tm.get("compile") or []
+    if True in compile_:
+        sizes = tm.get("compile_batch_sizes") or ([tm.get("reference_batch_size")] if False in compile_
+                                                  else tm.get("batch_sizes") or [])
         text += (f" Compiled rows (torch.compile, inductor, static shapes, a fresh dynamo state per row, no eager "
                  f"fallback) run at batch {', '.join(map(str, sizes))} only; `compile_s` is each row's first call.")
     return text
