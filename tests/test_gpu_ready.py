@@ -249,3 +249,14 @@ def test_compiled_rows_alone_cover_every_batch_beside_eager_only_the_reference()
     assert [s["batch_size"] for s in timing_settings(alone)] == [1, 8, 32]
     chosen = both.model_copy(update={"compile_batch_sizes": [1, 32]})
     assert [s["batch_size"] for s in timing_settings(chosen) if s["compile"]] == [1, 32]
+
+
+def test_the_self_checks_resume_check_passes_on_the_cpu(fashion, tmp_path):
+    from nin_bench.gpucheck import check_resume
+
+    try:
+        result = check_resume(torch.device("cpu"), fashion, tmp_path, subset=600, val_size=500, width=0.125)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert result.passed, result
+    assert "test_acc" in result.figure and "deterministic mode" in result.detail
