@@ -178,7 +178,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             log(f"time budget reached with {left} units left; run the same command again to continue")
         finally:
             bar.close()
-        manifest.update(peak_tflops=peaks_from(records),
+        manifest.update(peak_tflops=peaks_from(records), mem_gb_per_s=bandwidth_from(records),
                         data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
         write_run_files(rd, cfg, manifest, protocol)
         return finish(rd, log)
@@ -191,6 +191,13 @@ def peaks_from(records: list[dict[str, Any]]) -> dict[str, float]:
         if r.get("stage") == "timing" and r.get("peak_tflops") is not None:
             out[r["dtype"]] = max(out.get(r["dtype"], 0.0), r["peak_tflops"])
     return out
+
+
+def bandwidth_from(records: list[dict[str, Any]]) -> float | None:
+    """The measured memory bandwidth (GB/s) the layer-timing rows' roofline used, or None."""
+    values = [r["mem_gb_per_s"] for r in latest_per_key(records)
+              if r.get("stage") == "layer_timing" and r.get("mem_gb_per_s") is not None]
+    return max(values) if values else None
 
 
 def preload_data(variants: list[Variant], cfg: SuiteConfig, ctx: RunContext) -> None:

@@ -258,5 +258,6 @@ def test_where_the_time_goes_from_layer_records(tmp_path: Path) -> None:
     assert "the 1×1 convolutions take 71 %, their BatchNorm and ReLU passes 29 %" in section
     # layers' forward sum 48.61 ms against the timing stage's 54.4 ms at batch 128 (3000 img/s / 1.2 x 128/136)
     assert "| 48.6 | 54.4 | 0.89 | 10 % |" in section
+    assert "**Memory bandwidth** (measured large copy, the roofline's slope): 10 GB/s." in md
     for fig in ("layer_time_vs_macs", "roofline"):
         assert (root / "figures" / f"{fig}.png").stat().st_size > 10_000

@@ -19,6 +19,13 @@ def _peaks(manifest: dict[str, Any]) -> str:
     return ", ".join(f"{k} {float(v):.3g} TFLOP/s" for k, v in peaks.items() if not fmt.missing(v)) or fmt.NA
 
 
+def _bandwidth(layers: pd.DataFrame) -> str:
+    """" **Memory bandwidth** (measured copy): 46 GB/s." from the layer-timing rows, or "" without them."""
+    if layers.empty or "mem_gb_per_s" not in layers or layers["mem_gb_per_s"].isna().all():
+        return ""
+    return f" **Memory bandwidth** (measured large copy, the roofline's slope): {layers['mem_gb_per_s'].max():.3g} GB/s."
+
+
 def run_protocol(run: Run) -> str:
     """The run's protocol name from the config, the manifest or the records ("" if none says)."""
     c, m = run.config, run.manifest
@@ -72,7 +79,8 @@ def what_was_run(run: Run) -> list[str]:
     if m.get("cuda_fallback"):
         items.append(f"**Warning: no GPU was used.** {m['cuda_fallback']}; `device: auto` therefore ran the CPU "
                      "protocol on this machine.")
-    items.append(f"**Device:** {_device(m, c)}. **MFU reference peak** (measured large matmul): {_peaks(m)}.")
+    items.append(f"**Device:** {_device(m, c)}. **MFU reference peak** (measured large matmul): {_peaks(m)}."
+                 + _bandwidth(run.stage("layer_timing")))
     if m.get("gpu_name"):
         items.append(_gpu_facts(m))
     if tm:
