@@ -59,7 +59,8 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     float (or back) also fails; the grid's key order (the variants' order) is compared on its own.
 
     Changes made on purpose since, patched into the fixture by hand: full.yaml's GPU sweep times channels_last
-    only (its compiled rows: 64, not 128), and d2l.yaml's GPU sweep compares NCHW with channels_last.
+    only (its compiled rows: 64, not 128), d2l.yaml's GPU sweep compares NCHW with channels_last, and the
+    cpu_short note says one seed is the default (`--set seeds=[0,1,2]` for intervals).
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]

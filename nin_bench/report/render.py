@@ -105,7 +105,8 @@ def _layer_section(doc: Doc, run: Run, out: ResultsDir) -> None:
              "Roofline of the forward pass: each point a layer (colour: kind; marker: variant), its FLOPs per "
              "byte moved (input + weights + output at the dtype) against the FLOP/s it attained. Under the sloped "
              "part a layer is bound by memory bandwidth (a measured large copy), under the flat part by the "
-             "measured GEMM peak.")):
+             "measured GEMM peak. The slope is main-memory bandwidth: element-wise layers whose maps fit in the "
+             "CPU's caches can sit above it.")):
         if png is not None:
             doc.fig(png, caption)
 
