@@ -20,10 +20,10 @@ from nin_bench.errors import UserError
 STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("gpu-timing-full", "full.yaml", ("stages=[profile,timing]",)),
     ("gpu-timing-d2l", "d2l.yaml", ("stages=[profile,timing]",)),
-    ("gpu-layer-timing-one_by_one", "one_by_one.yaml",
+    ("gpu-layer-timing/one_by_one", "one_by_one.yaml",
      ("stages=[timing]", "timing.dtypes=[fp32,bf16]", "timing.batch_sizes=[128,1024]",
       "timing.layer_timing_batch_sizes=[128,1024]")),
-    ("gpu-layer-timing-d2l", "d2l.yaml",
+    ("gpu-layer-timing/d2l", "d2l.yaml",
      ("stages=[timing]", "timing.dtypes=[fp32,bf16]", "timing.batch_sizes=[128,1024]",
       "timing.reference_batch_size=128", "timing.layer_timing_batch_sizes=[128,1024]")),
     ("gpu-one_by_one", "one_by_one.yaml", ()),

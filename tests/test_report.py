@@ -261,3 +261,21 @@ def test_where_the_time_goes_from_layer_records(tmp_path: Path) -> None:
     assert "**Memory bandwidth** (measured large copy, the roofline's slope): 10 GB/s." in md
     for fig in ("layer_time_vs_macs", "roofline"):
         assert (root / "figures" / f"{fig}.png").stat().st_size > 10_000
+
+
+def test_paper_comparison_of_a_cpu_protocol_model_compares_differences(tmp_path: Path, no_figures: None) -> None:
+    recs = []
+    for i, (head, do) in enumerate((("fc", 0.0), ("fc", 0.5), ("gap", 0.5), ("gap", 0.0))):
+        for r in [profile_rec("cifar10", 2), *train_recs("cifar10", 2)]:
+            if r["stage"] == "train":
+                r["test_acc"] -= 0.01 * i
+            recs.append(r | {"variant": f"nin_cifar-n1x1_2-{head}-do{do}-cifar10-w0.25-bn", "head": head,
+                             "dropout": do, "width": 0.25, "batchnorm": True})
+    grid = {"grid": {"model.head": ["fc", "gap"], "model.dropout": [0.0, 0.5]},
+            "train": {"epochs": 3, "batch_size": 128, "augment": "none"}, "report": {"baseline": {"model.head": "gap"}}}
+    md = build_report(write_run(tmp_path, recs, grid)).read_text()
+    section = md.split("## Comparison with the NiN paper")[1].split("\n## ")[0]
+    assert "**Not the paper's model.**" in section
+    # fc without dropout: paper 11.59 - 10.41 = +1.18 pp; ours 0 - 2 points of the planted offsets = -2.00 pp
+    assert "| no / no | +1.18 pp | -2.00 pp |" in section
+    assert "| no / no | +4.10 pp | +1.00 pp |" in section  # gap without dropout: 14.51 - 10.41; 3 - 2 points

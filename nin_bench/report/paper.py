@@ -46,16 +46,20 @@ PAPER = [
 ]
 
 
-def _paper_model(summary: pd.DataFrame) -> pd.DataFrame:
-    """Our variants with the paper's CIFAR-10 architecture: nin_cifar, two 1x1 convs, width 1, no BN, trained."""
+def paper_variants(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our trained CIFAR-10 variants of the paper's layer structure: nin_cifar with two 1x1 convs (any width or
+    BatchNorm: `is_paper_form` says whether they are the paper's model itself)."""
     s = summary
     keep = (s["dataset"] == "cifar10") & (s["preset"] == "nin_cifar") & (s["n_1x1"] == 2) \
         & s["test_acc"].notna()
-    if "width" in s:
-        keep &= s["width"].astype(float) == 1.0
-    if "batchnorm" in s:
-        keep &= ~s["batchnorm"].fillna(False).astype(bool)
     return s[keep]
+
+
+def is_paper_form(ours: pd.DataFrame) -> bool:
+    """Whether every compared variant is the paper's model: full width, no BatchNorm."""
+    width = ours["width"].astype(float) == 1.0 if "width" in ours else True
+    plain = ~ours["batchnorm"].fillna(False).astype(bool) if "batchnorm" in ours else True
+    return bool((width & plain).all())
 
 
 def our_protocol(config: dict[str, Any], manifest: dict[str, Any], augment: str | None) -> str:
@@ -91,7 +95,7 @@ def paper_table(summary: pd.DataFrame, augment: str | None) -> tuple[list[str], 
     Returns:
         (header, rows) of strings, or None when no trained variant matches a paper setting.
     """
-    ours = _paper_model(summary)
+    ours = paper_variants(summary)
     if ours.empty:
         return None
     on = is_on(augment)
@@ -99,7 +103,9 @@ def paper_table(summary: pd.DataFrame, augment: str | None) -> tuple[list[str], 
     if on and augment not in ("crop_flip", "on"):  # the paper's is translation + flips: name a partial match
         ours_aug = f"yes ({augment_words(augment)})"
     header = ["Paper setting", "Source", "Paper error", "Our variant", "Our error (mean ± std)", "n",
-              "Augmentation (paper / ours)"]
+              "Augmentation (paper / ours)", "Paper Δ vs GAP + dropout", "Our Δ vs GAP + dropout"]
+    ref = ours[(ours["head"] == "gap") & (ours["dropout"].astype(float) > 0)]
+    ref_err = 1 - float(ref["test_acc"].iloc[0]) if len(ref) else None
     rows = []
     for pr in PAPER:
         if pr.augment and not on:
@@ -107,6 +113,10 @@ def paper_table(summary: pd.DataFrame, augment: str | None) -> tuple[list[str], 
         match = ours[(ours["head"] == pr.head) & ((ours["dropout"].astype(float) > 0) == pr.dropout)]
         for _, r in match.iterrows():
             err = fmt.acc_pm(1 - r["test_acc"], r["test_acc_std"])
+            paper_delta = f"{pr.error_pct - 10.41:+.2f} pp" if not pr.augment else fmt.NA
+            our_delta = (f"{100 * ((1 - r['test_acc']) - ref_err):+.2f} pp" if ref_err is not None
+                         and not pr.augment else fmt.NA)
             rows.append([pr.setting, pr.source, f"{pr.error_pct:.2f} %", str(r["variant"]), err,
-                         str(int(r["n_seeds"])), f"{'yes' if pr.augment else 'no'} / {ours_aug}"])
+                         str(int(r["n_seeds"])), f"{'yes' if pr.augment else 'no'} / {ours_aug}", paper_delta,
+                         our_delta])
     return (header, rows) if rows else None

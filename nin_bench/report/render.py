@@ -73,6 +73,11 @@ def _paper_section(doc: Doc, run: Run) -> None:
     if found is None:
         return
     doc.h(2, "Comparison with the NiN paper (CIFAR-10 test error)")
+    if not paper.is_paper_form(paper.paper_variants(run.summary)):
+        doc.p("**Not the paper's model.** These variants differ from the paper's NiN (see the protocol: narrower, "
+              "with BatchNorm, trained far shorter), so their errors are far above the paper's; what compares is "
+              "the direction and size of the differences between rows (the last two columns, each against GAP + "
+              "dropout, the paper's model), not the errors themselves.")
     doc.table(*found)
     doc.p(paper.our_protocol(run.config, run.manifest, augment) + " " + paper.PAPER_PROTOCOL)
 
