@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,10 +268,33 @@ class ResultsDir:
             os.close(fd)  # closing the descriptor releases the flock
 
 
-def _holder(lock_file: Path) -> str:
-    """"`run` (pid 123 on host, since ...)" from the lock file, or a plain phrase when it is unreadable."""
+def _holder(lock_file: Path, wait_s: float = 2.0) -> str:
+    """"`run` (pid 123 on host, since ...)" from the lock file, or a plain phrase when it stays unreadable.
+
+    The holder writes its line just after taking the flock, so a process refused in between finds the file
+    empty (or still holding the line of an earlier, dead holder): it polls for up to `wait_s` for a live
+    holder's line before it settles for the plain phrase.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            h = json.loads(lock_file.read_text())
+            text = f"`{h['command']}` (pid {h['pid']} on {h['host']}, since {h['since_utc']})"
+            if h["host"] != socket.gethostname() or _alive(int(h["pid"])):
+                return text
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() >= deadline:
+            return "another process"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
-        h = json.loads(lock_file.read_text())
-        return f"`{h['command']}` (pid {h['pid']} on {h['host']}, since {h['since_utc']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True

@@ -103,6 +103,32 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holder_leave
         pass
 
 
+def test_refused_in_the_window_before_the_holder_writes_its_line_still_names_it(tmp_path):
+    # the holder has the flock but its line is not written yet; the lock file still holds a dead holder's line
+    import fcntl
+    import threading
+
+    rd = ResultsDir(tmp_path)
+    rd.cache.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    rd.lock_file.write_text(json.dumps({"pid": int(dead), "host": os.uname().nodename, "command": "run",
+                                        "since_utc": "2000-01-01T00:00:00Z"}))
+    fd = os.open(rd.lock_file, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    line = json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "command": "run",
+                       "since_utc": "2026-01-01T00:00:00Z"}).encode()
+    writer = threading.Timer(0.3, lambda: (os.ftruncate(fd, 0), os.pwrite(fd, line, 0)))
+    writer.start()
+    try:
+        with pytest.raises(FolderBusy, match=rf"in use by `run` \(pid {os.getpid()} on .+, since 2026-01-01"):
+            with ResultsDir(tmp_path).lock("report"):
+                pass
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 @pytest.mark.parametrize("command", [["run", "CONFIG", "--stages", "profile"], ["report"]])
 def test_cli_on_a_folder_in_use_exits_2_with_one_line(tmp_path, command):
     (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
