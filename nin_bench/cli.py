@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, protocol, _, fallback = _resolved(args)
     out = args.out or Path("results") / cfg.name
     run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
-              ray_address=args.ray_address, cuda_fallback=fallback)
+              ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation)
     return 0
 
 
@@ -152,7 +153,9 @@ def cmd_gpu_session(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m nin_bench` and the `nin-bench` script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.invocation = shlex.join(["python", "-m", "nin_bench", *argv])
     handler = {"run": cmd_run, "list": cmd_list, "inspect": cmd_inspect, "report": cmd_report,
                "gpu-session": cmd_gpu_session}[args.command]
     try:

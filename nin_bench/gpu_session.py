@@ -100,7 +100,9 @@ def gpu_session(results: Path, suites: Path, budget_s: float, log: Callable[[str
         log(f"== {folder}: {suite} {' '.join('--set ' + s for s in sets)}")
         cfg = load_config(suites / suite, [*sets, "device=cuda"])
         cfg, protocol, _ = resolve_protocol(cfg, cuda=True, sets=list(sets))
-        run_suite(cfg, results / folder, protocol=protocol, progress=False, log=log, deadline=deadline)
+        run_suite(cfg, results / folder, protocol=protocol, progress=False, log=log, deadline=deadline,
+                  command=f"python -m nin_bench gpu-session (step {folder}: {suite}, device cuda"
+                          + "".join(f", {s}" for s in sets) + ")")
     if time.time() >= deadline:
         return 3  # the last step may have stopped at the deadline; its run said how many units are left
     log("gpu-session: every step is complete")

@@ -118,7 +118,7 @@ def run_local(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
 
 def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool = True, log: Log = print,
               executor: str = "local", ray_address: str | None = None, cuda_fallback: str | None = None,
-              deadline: float | None = None) -> Path:
+              deadline: float | None = None, command: str | None = None) -> Path:
     """Run every unrecorded (variant, stage[, seed]) of a resolved suite, then write summary and report.
 
     Args:
@@ -132,6 +132,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         cuda_fallback: why a CUDA build of torch runs on the CPU here (`device.cuda_fallback_reason`), or None.
         deadline: a time.time() after which no new unit or epoch starts (the GPU batch's budget); the run then
             stops resumably (a training run at its last epoch checkpoint) and still writes summary and report.
+        command: the command line that started this run, kept in the manifest (and the report) as `command`.
 
     Returns:
         The path of the written report.
@@ -149,7 +150,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
-        manifest["cpu_heap"] = heap
+        manifest.update(cpu_heap=heap, command=command)
         write_run_files(rd, cfg, manifest, protocol)
         variants = expand_grid(cfg)
         records = rd.read_records()

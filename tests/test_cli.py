@@ -1,4 +1,5 @@
 """The command line: malformed input exits 2 with one line naming the problem and no traceback."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,14 @@ def test_inspect_time_prints_the_per_layer_time_table():
     assert not res.stderr.strip()  # kineto's profiler chatter is silenced
     res = nin("inspect", "nin_cifar", "--time", "--batch", "0")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_run_keeps_its_command_line_in_the_manifest_and_the_report(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\ngrid: {model.n_1x1: [0]}\nstages: [profile]\nmodel: {width: 0.125}\n")
+    res = nin("run", "c.yaml", "--out", "out dir", "--set", "seeds=[0, 1]", "--no-progress", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    expected = "python -m nin_bench run c.yaml --out 'out dir' --set 'seeds=[0, 1]' --no-progress"
+    assert json.loads((tmp_path / "out dir" / "manifest.json").read_text())["command"] == expected
+    assert f"**Command** (its last invocation on this folder): `{expected}`" in (
+        tmp_path / "out dir" / "report.md").read_text()

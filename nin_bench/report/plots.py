@@ -89,6 +89,8 @@ def _scatter_front(ax: plt.Axes, d: pd.DataFrame, col: str, colours: dict[str, t
     err = np.nan_to_num(d["test_acc_std"].to_numpy(float) * 100)
     for xi, yi, ei, lab in zip(x, y, err, d["label"]):
         ax.errorbar(xi, yi, yerr=ei, fmt="o", ms=7, capsize=4, color=colours[lab])
+    if len(x) and x.min() == x.max():  # one x value: give the log axis a span (matplotlib warns otherwise)
+        ax.set_xlim(x.min() / 2, x.max() * 2)
     front = pareto_front(x, y)
     if len(front):
         ax.plot(x[front], y[front], ls="--", color="grey", drawstyle="steps-post", zorder=0)

@@ -94,6 +94,8 @@ def what_was_run(run: Run) -> list[str]:
     for ds, src in (m.get("data") or {}).items():
         items.append(f"**Data {ds}:** {src.get('source', '?')}, sha256 `{src.get('sha256', '?')}`.")
     items.append(f"**Date (UTC):** {m.get('date_utc', '?')}. **Seeds:** {c.get('seeds', '?')}.")
+    if m.get("command"):
+        items.append(f"**Command** (its last invocation on this folder): `{m['command']}`.")
     grid = "; ".join(f"`{k}` ∈ {v}" for k, v in (c.get("grid") or {}).items())
     items.append(f"**Grid:** {grid or fmt.NA}; {len(run.variants)} variants.")
     return items
