@@ -167,12 +167,13 @@ def _added_cost(rows: pd.DataFrame, n_1x1: pd.Series, labels: dict[str, str]) ->
         return None
     part = (lambda kinds: 100 * float(delta.reindex(kinds, fill_value=0.0).sum()) / added)
     one, elem, kxk = part(["conv_1x1"]), part(["batchnorm", "relu"]), part(["conv_kxk"])
+    passes = "BatchNorm and ReLU passes" if (b["kind"] == "batchnorm").any() else "ReLU passes"
     verdict = ("the element-wise passes each 1×1 convolution brings cost about as much as its arithmetic, so MACs "
                "under-predict what it costs" if elem >= 0.5 * one else
                "the arithmetic dominates on this device, so MACs predict the cost fairly well here")
     return (f"On {ds}, {labels.get(most, most)} has {macs:.2f}× the MACs of {labels.get(least, least)} but its "
             f"forward takes {fwd:.2f}× and its train step {step:.2f}× as long; of the train-step time it adds, the "
-            f"1×1 convolutions take {one:.0f} %, their BatchNorm and ReLU passes {elem:.0f} %, the k×k "
+            f"1×1 convolutions take {one:.0f} %, their {passes} {elem:.0f} %, the k×k "
             f"convolutions {kxk:.0f} % and the rest (pooling, dropout, framework) {100 - one - elem - kxk:.0f} %: "
             f"{verdict}.")
 
