@@ -97,12 +97,12 @@ def gpu_session(results: Path, suites: Path, budget_s: float, log: Callable[[str
         if time.time() >= deadline:
             log(f"time budget spent before {folder}; run the same command again to continue")
             return 3
-        log(f"== {folder}: {suite} {' '.join('--set ' + s for s in sets)}")
+        step = f"{folder}: {suite} --device cuda" + "".join(f" --set {s}" for s in sets)
+        log(f"== {step}")
         cfg = load_config(suites / suite, [*sets, "device=cuda"])
         cfg, protocol, _ = resolve_protocol(cfg, cuda=True, sets=list(sets))
         run_suite(cfg, results / folder, protocol=protocol, progress=False, log=log, deadline=deadline,
-                  command=f"python -m nin_bench gpu-session (step {folder}: {suite}, device cuda"
-                          + "".join(f", {s}" for s in sets) + ")")
+                  command=f"python -m nin_bench gpu-session (step {step})")
     if time.time() >= deadline:
         return 3  # the last step may have stopped at the deadline; its run said how many units are left
     log("gpu-session: every step is complete")

@@ -292,9 +292,9 @@ def _holder(lock_file: Path, wait_s: float = 2.0) -> str:
 def _alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError (a process of another user) also means it exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # it exists, under another user
-        return True
+    except PermissionError:
+        pass
     return True
