@@ -2,7 +2,7 @@
 
     python -m nin_bench run CONFIG [--out DIR] [--stages profile,timing] [--set k=v]... [--device auto|cpu|cuda]
                                    [--quick] [--full] [--no-progress] [--executor local|ray] [--ray-address ADDR]
-    python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full]
+    python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full] [--explain]
     python -m nin_bench inspect PRESET|CONFIG [--set k=v]... [--time [--batch N] [--dtype D] [--device D]]
     python -m nin_bench report DIR
     python -m nin_bench gpu-session [--results DIR] [--suites DIR] [--budget-s S]
@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
 from nin_bench.errors import UserError
+from nin_bench.store.folder import RESULTS_ROOT, ResultsDir
 
 EXIT_USAGE = 2
 
@@ -39,9 +41,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--full", action="store_true", help="on a CPU-only machine, run the YAML's full protocol")
     lst = sub.choices["list"]
     lst.add_argument("config", type=Path)
+    lst.add_argument("--explain", action="store_true",
+                     help="also print every effective setting and where it came from (default, protocol, suite, ...)")
     ins = sub.add_parser("inspect", help="per-layer table (output shape, params, MACs) of a preset or a config; "
                                          "--time adds measured per-layer time")
-    ins.add_argument("target", help="a preset name (nin_bench.presets.REGISTRY) or a suite YAML")
+    ins.add_argument("target", help="a preset name (nin_bench.suite.presets.REGISTRY) or a suite YAML")
     ins.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     ins.add_argument("--time", action="store_true", help="measure forward and train-step time per layer "
                                                           "(torch.profiler) beside the share of MACs")
@@ -52,34 +56,39 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir", type=Path)
     gpu = sub.add_parser("gpu-session", help="on a CUDA machine: self-check, then the GPU timing and training "
                                              "batch, resumable, under a time budget")
-    gpu.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
+    gpu.add_argument("--results", type=Path, default=RESULTS_ROOT, help="results root (default: results)")
     gpu.add_argument("--suites", type=Path, default=Path("ablations"), help="suite YAMLs (default: ablations)")
     gpu.add_argument("--budget-s", type=float, default=480.0,
                      help="no new unit or epoch starts after this many seconds (default 480)")
     return p
 
 
-def _resolved(args: argparse.Namespace):
-    """Load the YAML with --set/--stages/--device applied, then the protocol blocks.
-
-    Returns:
-        (config, protocol, device, cuda_fallback): the last is why `device: auto` fell back to the CPU on a CUDA
-        build of torch (None when it did not).
-    """
-    from nin_bench.config import load_config, resolve_protocol
-    from nin_bench.device import CUBLAS_DETERMINISTIC
-
+def _sets(args: argparse.Namespace) -> list[str]:
+    """The command line's `--set` items, with `--stages` and `--device` (run only) as two more."""
     sets = list(args.set)
     if getattr(args, "stages", None):
         sets.append(f"stages=[{args.stages}]")
     if getattr(args, "device", None):
         sets.append(f"device={args.device}")
-    cfg = load_config(args.config, sets)
-    if cfg.train.deterministic:  # cuBLAS reads this when it starts: set it before torch touches the GPU
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    return sets
+
+
+def _resolved(args: argparse.Namespace):
+    """Load the YAML with --set/--stages/--device applied, then the protocol blocks; torch says whether CUDA is there.
+
+    Returns:
+        (config, protocol, device, cuda_fallback): the last is why `device: auto` fell back to the CPU on a CUDA
+        build of torch (None when it did not).
+    """
+    from nin_bench.suite.config import load_config, resolve_protocol
+
+    cfg = load_config(args.config, _sets(args))
     import torch
 
-    from nin_bench.device import cuda_fallback_reason
+    from nin_bench.runtime.device import cuda_fallback_reason, use_deterministic_cublas
+
+    if cfg.train.deterministic:  # before anything (the run's GEMM peak included) touches the GPU
+        use_deterministic_cublas()
 
     cuda = torch.cuda.is_available()
     fallback = cuda_fallback_reason() if cfg.device == "auto" and not cuda else None
@@ -88,14 +97,14 @@ def _resolved(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nin_bench.runner import run_suite
+    from nin_bench.run.runner import run_suite
 
     if args.executor == "ray":
         _require_ray()
     elif args.ray_address:
         raise UserError("--ray-address needs --executor ray")
     cfg, protocol, _, fallback = _resolved(args)
-    out = args.out or Path("results") / cfg.name
+    out = args.out or ResultsDir.for_suite(cfg.name).root
     run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
               ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation)
     return 0
@@ -110,21 +119,30 @@ def _require_ray() -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from nin_bench.variants import expand_grid, input_size_of
+    """Print the expanded grid (and with --explain every setting and its origin); never imports torch."""
+    from nin_bench.suite.explain import explain
+    from nin_bench.suite.machine import GUESSED_BY, guess_cuda
+    from nin_bench.suite.variants import expand_grid, input_size_of
 
-    cfg, protocol, device, _ = _resolved(args)
-    variants = expand_grid(cfg)
+    told = explain(args.config, _sets(args), cuda=guess_cuda(), quick=args.quick, full=args.full,
+                   seen_by=GUESSED_BY)
+    cfg, variants = told.config, expand_grid(told.config)
     print(f"{cfg.name}: {len(variants)} variants x seeds {list(cfg.seeds)}; stages {', '.join(cfg.stages)}; "
-          f"{protocol} protocol on {device}")
+          f"{told.protocol} protocol on {told.device} (device guessed without torch; `run` asks torch)")
     for v in variants:
         m, t = v.config.model, v.config.train
         print(f"  {v.id:<58} width={m.width:g} bn={m.batchnorm} input={input_size_of(v.config) or 'native'} "
               f"epochs={t.epochs} subset={t.subset or 'all'}")
+    if args.explain:
+        width = max(len(s.key) for s in told.settings)
+        print("settings (key = value, from):")
+        for s in told.settings:
+            print(f"  {s.key:<{width}} = {json.dumps(s.value)}  ({s.origin})")
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from nin_bench.inspect import inspect_target
+    from nin_bench.run.inspect_model import inspect_target
 
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {args.batch}")
@@ -135,7 +153,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from nin_bench.report import rebuild
-    from nin_bench.results_dir import ResultsDir
 
     rd = ResultsDir(args.results_dir)
     if not rd.records.exists():
@@ -146,7 +163,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu_session(args: argparse.Namespace) -> int:
-    from nin_bench.gpu_session import gpu_session
+    from nin_bench.run.gpu_session import gpu_session
 
     return gpu_session(args.results, args.suites, args.budget_s)
 
@@ -163,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:  # bad config, missing data: one line, no traceback
         print(f"nin_bench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (`list ... | head`): not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (so the interpreter's final flush stays quiet)
+        return 0
     except KeyboardInterrupt:
         print("\ninterrupted: finished units are recorded; run the same command again to resume", file=sys.stderr)
         return 130

@@ -2,7 +2,7 @@
 
 The d2l-style loop is the one in d2l.ai's `train_ch6`: a torchvision-style Dataset that returns one PIL image per
 index through `transforms.ToTensor()`, a `DataLoader(batch_size=128, shuffle=True, num_workers=0)`, NCHW float
-batches, and a host read of the loss every step. Ours is `nin_bench.train.train_model` (uint8 data on the device,
+batches, and a host read of the loss every step. Ours is `nin_bench.train.loop.train_model` (uint8 data on the device,
 batches gathered by index, channels_last); its `loop_img_per_s` covers the whole epoch (draws, gathers, steps).
 Both run the shared `steps.train_step` from the same initial weights, with no augmentation.
 
@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
-from nin_bench.config import TrainSettings
-from nin_bench.data import load_dataset
-from nin_bench.models import build_model
-from nin_bench.steps import train_step
-from nin_bench.train import train_model
+from nin_bench.data.datasets import load_dataset
+from nin_bench.models.nin import build_model
+from nin_bench.runtime.train_step import train_step
+from nin_bench.suite.config import TrainSettings
+from nin_bench.train.loop import train_model
 
 
 class FashionLike(VisionDataset):

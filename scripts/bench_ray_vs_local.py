@@ -2,7 +2,7 @@
 
 The suite trains one `one_by_one` variant (its CPU protocol model: width 0.25, BatchNorm) over several seeds on a
 Fashion-MNIST subset, training stage only. The local executor runs the seeds one after another with all cores
-(`timing.threads` = the core count); Ray runs one seed per core, each with one thread, side by side. Both write
+(`threads` = the core count); Ray runs one seed per core, each with one thread, side by side. Both write
 their own temporary results folder and must give the same number of finished runs. The ratio is printed, never
 asserted (the machine is shared and noisy): on 2 cores expect a little over 1x, not 2x.
 
@@ -17,16 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from nin_bench.config import resolve_protocol, validate
-from nin_bench.results_dir import ResultsDir
-from nin_bench.runner import run_suite
+from nin_bench.run.runner import run_suite
+from nin_bench.store.folder import ResultsDir
+from nin_bench.suite.config import resolve_protocol, validate
 
 
 def suite(seeds: int, epochs: int, subset: int, threads: int) -> tuple:
     """The resolved seeds-heavy suite at a given thread count per unit."""
     raw = {"name": "ray-vs-local", "seeds": list(range(seeds)), "stages": ["train"],
            "model": {"width": 0.25, "batchnorm": True}, "data": {"dataset": "fashion_mnist"},
-           "grid": {"model.n_1x1": [2]}, "timing": {"threads": threads},
+           "grid": {"model.n_1x1": [2]}, "threads": threads,
            "train": {"epochs": epochs, "subset": subset, "val_size": 2000, "batch_size": 128, "lr": 0.4,
                      "schedule": "onecycle", "augment": "none"}}
     cfg, protocol, _ = resolve_protocol(validate(raw), cuda=False)

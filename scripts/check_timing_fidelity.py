@@ -21,30 +21,21 @@ import torch
 import torch.utils.benchmark as benchmark
 from torch import nn
 
-from nin_bench.timing import set_threads, time_model
+from nin_bench.measure.timing import time_model
+from nin_bench.models.nin import build_model
+from nin_bench.runtime.device import set_threads
 
 BAND = (0.95, 1.05)
 INPUT_SHAPE = (3, 32, 32)
 
 
 def build_reference_model(width: float) -> tuple[nn.Module, str]:
-    """nin_cifar at `width` if the model builder exists, else a small NiN-like conv net.
+    """nin_cifar at `width`.
 
     Returns:
         (model, description).
     """
-    try:
-        from nin_bench import build_model
-
-        return build_model("nin_cifar", width=width), f"nin_cifar width={width}"
-    except (ImportError, AttributeError):
-        torch.manual_seed(0)
-        net = nn.Sequential(
-            nn.Conv2d(3, 96, 5, padding=2), nn.ReLU(), nn.Conv2d(96, 48, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-            nn.Conv2d(48, 96, 5, padding=2), nn.ReLU(), nn.Conv2d(96, 10, 1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        return net, "local conv net (nin_bench.build_model not available)"
+    return build_model("nin_cifar", width=width), f"nin_cifar width={width}"
 
 
 def timer_median_ms(model: nn.Module, batch: int, threads: int, device: torch.device) -> float:

@@ -16,7 +16,7 @@ def fashion(tmp_path_factory: pytest.TempPathFactory):
     root = os.environ.get("NIN_BENCH_DATA")
     if not root:
         pytest.skip("NIN_BENCH_DATA is not set (point it at a folder with fashion-mnist/, e.g. ../shared/data)")
-    from nin_bench.data import load_dataset
+    from nin_bench.data.datasets import load_dataset
 
     ds = load_dataset("fashion_mnist", root=root, cache_dir=tmp_path_factory.mktemp("cache"))
     return dataclasses.replace(ds, train_x=ds.train_x[:2500], train_y=ds.train_y[:2500],

@@ -125,7 +125,7 @@ def write_maps(path: Path, channels: int) -> None:
 def synthetic_config() -> dict:
     """The resolved config of the synthetic run, built through the real schema (as the runner writes it), so the
     report's tests read the keys a real run has (a test may still replace whole sections to test gaps)."""
-    from nin_bench.config import resolve_protocol, validate
+    from nin_bench.suite.config import resolve_protocol, validate
 
     raw = {"name": "synthetic", "description": "Does adding 1x1 convs help?", "seeds": SEEDS,
            "stages": ["profile", "timing", "train"], "grid": {"model.n_1x1": N1X1, "data.dataset": DATASETS},

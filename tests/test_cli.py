@@ -1,5 +1,7 @@
 """The command line: malformed input exits 2 with one line naming the problem and no traceback."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +98,92 @@ def test_run_keeps_its_command_line_in_the_manifest_and_the_report(tmp_path):
     assert json.loads((tmp_path / "out dir" / "manifest.json").read_text())["command"] == expected
     assert f"**Command** (its last invocation on this folder): `{expected}`" in (
         tmp_path / "out dir" / "report.md").read_text()
+
+
+# ---- --set at load time, --explain, --quick on a small image folder, light commands without torch ---------------
+
+def test_set_has_the_last_word_at_load_time():
+    res = nin("list", "ablations/one_by_one.yaml", "--set", "timing.batch_sizes=[4,8,16]",
+              "--set", "timing.reference_batch_size=16")
+    assert res.returncode == 0, res.stderr
+    for bad, needle in [("train.epochs=0", "train.epochs: Input should be greater than or equal to 1 (got 0)"),
+                        ("timing.reference_batch_size=7", "timing.reference_batch_size 7 must be one of")]:
+        res = nin("list", "ablations/one_by_one.yaml", "--set", bad)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
+
+
+def test_list_explain_prints_each_setting_and_its_origin():
+    res = nin("list", "ablations/one_by_one.yaml", "--set", "train.lr=0.2", "--explain")
+    assert res.returncode == 0, res.stderr
+    lines = {line.split()[0]: line for line in res.stdout.splitlines()[1:] if " = " in line}
+    assert lines["model.head"].endswith('= "gap"  (suite)') or lines["model.head"].endswith("= gap  (suite)")
+    assert lines["train.batch_size"].endswith("= 128  (protocol paper)")
+    assert lines["timing.reference_batch_size"].endswith("= 128  (protocol timing_sweep)")
+    assert lines["train.lr"].endswith("= 0.2  (--set)")
+    assert lines["train.momentum"].endswith("= 0.9  (default)")
+    if "protocol on cpu" in res.stdout:  # the device is guessed from this machine's device files
+        assert lines["train.epochs"].endswith("= 3  (protocol cpu_short: cpu)")
+        assert lines["seeds"].endswith("= [0]  (protocol cpu_short: cpu)")
+    else:
+        assert lines["seeds"].endswith("= [0, 1, 2]  (protocol paper)")
+    plain = nin("list", "ablations/one_by_one.yaml", "--set", "train.lr=0.2")
+    assert res.stdout.startswith(plain.stdout) and "settings (" not in plain.stdout
+    assert "(device guessed without torch; `run` asks torch)" in plain.stdout.splitlines()[0]
+
+
+NO_TORCH = '''import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "fvcore"):
+            raise ImportError(f"{name} may not be imported by a light command")
+sys.meta_path.insert(0, _NoTorch())
+'''
+
+
+def test_light_commands_never_import_torch(tmp_path):
+    """--help, list (--explain, --quick) and report on a committed folder, with `import torch` made to fail."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_TORCH)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+
+    def light(*args):
+        return subprocess.run([sys.executable, "-m", "nin_bench", *args], capture_output=True, text=True, cwd=ROOT,
+                              env=env, timeout=300)
+
+    check = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert "may not be imported" in check.stderr  # the guard works
+    for args in (["--help"], ["list", "ablations/one_by_one.yaml"], ["list", "ablations/one_by_one.yaml",
+                                                                     "--explain", "--quick"]):
+        res = light(*args)
+        assert res.returncode == 0, (args, res.stderr)
+    shutil.copytree(ROOT / "results" / "one_by_one", tmp_path / "one_by_one")
+    res = light("report", str(tmp_path / "one_by_one"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "one_by_one" / "report.md").exists()
+
+
+def _image_folder(root: Path, per_class: dict[str, int]) -> None:
+    """A tiny image tree of 16x16 PNGs: train/<class>/ and test/<class>/, each class a different colour."""
+    from PIL import Image
+
+    for split, n in per_class.items():
+        for c, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                shade = tuple(max(0, v - 2 * i) for v in colour)
+                Image.new("RGB", (16, 16), shade).save(root / split / c / f"{i}.png")
+
+
+def test_quick_never_turns_a_valid_suite_invalid(tmp_path):
+    """240 images with val_size 30: --quick keeps the suite's 30 (its own 1000 would leave no training image)."""
+    _image_folder(tmp_path / "imgs", {"train": 100, "test": 20})
+    (tmp_path / "s.yaml").write_text(
+        "name: tiny\ngrid: {model.n_1x1: [0]}\nstages: [train]\nmodel: {width: 0.125}\n"
+        f"data: {{dataset: imagefolder, path: {tmp_path / 'imgs'}}}\n"
+        "train: {val_size: 30, epochs: 2, batch_size: 32, eval_batch_size: 64, time_to_acc: []}\n")
+    res = nin("run", "s.yaml", "--quick", "--stages", "train", "--no-progress", "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("stage") == "train"]
+    assert train and all(r["status"] == "ok" for r in train), train
+    assert {(r["val_size"], r["train_size"], r["epochs"]) for r in train} == {(30, 170, 1)}

@@ -7,20 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from nin_bench import presets
-from nin_bench.config import (
+from nin_bench.errors import ConfigError
+from nin_bench.suite import presets
+from nin_bench.suite.config import (
     PRESETS,
-    ConfigError,
     DataSettings,
     ModelSettings,
-    builtin_protocols,
     load_config,
     resolve_protocol,
     validate,
 )
-from nin_bench.variants import expand_grid
+from nin_bench.suite.files import builtin_protocols
+from nin_bench.suite.variants import expand_grid
 
 ABLATIONS = sorted((Path(__file__).parents[1] / "ablations").glob("*.yaml"))
+ABLATIONS_BY_NAME = {p.stem: p for p in ABLATIONS}
 SNAPSHOT = Path(__file__).parent / "fixtures" / "resolved_suites.json"
 
 
@@ -37,7 +38,8 @@ def test_allowed_presets_and_datasets_are_the_registrys():
 
 
 def test_config_and_presets_import_no_torch():
-    code = "import sys, nin_bench.config, nin_bench.presets, nin_bench.variants; print('torch' in sys.modules)"
+    code = ("import sys, nin_bench.suite.config, nin_bench.suite.presets, nin_bench.suite.variants, "
+            "nin_bench.suite.explain, nin_bench.suite.machine; print('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
 
@@ -60,7 +62,11 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
 
     Changes made on purpose since, patched into the fixture by hand: full.yaml's GPU sweep times channels_last
     only (its compiled rows: 64, not 128), d2l.yaml's GPU sweep compares NCHW with channels_last, and the
-    cpu_short note says one seed is the default (`--set seeds=[0,1,2]` for intervals).
+    cpu_short note says one seed is the default (`--set seeds=[0,1,2]` for intervals), and the thread count
+    moved from `timing.threads` to the run-level `threads` (it governs training too). Since the suite composes
+    last (its own plain keys beat a protocol's cpu:/gpu: block), the three seeds of dropout, full, head and
+    one_by_one are written in the paper protocol file, under cpu_short's `cpu: {seeds: [0]}`, so that they
+    resolve as before.
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]
@@ -179,7 +185,8 @@ NOT_FLOATS = [("1", 1), ("-3", -3), ("1e", "1e"), ("e5", "e5"), ("1.2.3", "1.2.3
 
 @pytest.mark.parametrize("text, value", FLOATS + NOT_FLOATS + [(".nan", "nan")], ids=lambda x: str(x))
 def test_yaml_reads_floats_as_yaml_1_2(text, value):
-    from nin_bench.config import load_yaml, parse_set
+    from nin_bench.suite.config import parse_set
+    from nin_bench.suite.files import load_yaml
 
     for got in (load_yaml(text), load_yaml(f"k: {text}")["k"], parse_set(f"k={text}")[1]):
         if value == "nan":
@@ -228,11 +235,13 @@ def test_protocols_merge_in_order_then_suite_on_top(tmp_path):
                      "train: {epochs: 5}\ncpu: {model.width: 0.25}\ntiming: {batch_sizes: [128]}\n")
     cfg = load_config(suite, ["train.momentum=0.8"])
     assert (cfg.train.epochs, cfg.train.lr, cfg.train.momentum) == (5, 0.2, 0.8)
-    assert cfg.cpu == {"train.epochs": 2, "model.width": 0.25, "train.subset": 900}  # mappings merge
+    # mappings merge; a.yaml's cpu train.epochs is dropped: the suite writes train.epochs itself
+    assert cfg.cpu == {"model.width": 0.25, "train.subset": 900}
     assert cfg.timing.batch_sizes == [128]  # lists replace
     assert cfg.protocol_notes == {"cpu": "from a", "gpu": "from b"}
     assert cfg.protocols == ["a.yaml", "sub/b.yml"]
-    assert resolve_protocol(cfg, cuda=False)[0].train.epochs == 2
+    cpu = resolve_protocol(cfg, cuda=False)[0]
+    assert (cpu.train.epochs, cpu.model.width, cpu.train.subset) == (5, 0.25, 900)
 
 
 def test_set_protocols_replaces_the_list_before_the_merge(tmp_path):
@@ -281,3 +290,156 @@ def test_removed_profile_section_says_so(raw, where):
 def test_removed_profile_section_from_set():
     with pytest.raises(ConfigError, match="'profile' section was removed"):
         load_config(ABLATIONS[0], ["profile.backward=false"])
+
+
+# ---- precedence: the suite composes last, --set has the last word, --quick only shrinks ------------------------
+
+from nin_bench.suite.config import QUICK_DEFAULTS, SuiteConfig, quick_shrink  # noqa: E402
+from nin_bench.suite.explain import explain, flat_settings  # noqa: E402
+from nin_bench.suite.machine import guess_cuda, resolve_device  # noqa: E402
+
+PAPERCUT = ["timing.batch_sizes=[4,8,16]", "timing.reference_batch_size=16"]
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+@pytest.mark.parametrize("quick", [False, True])
+def test_set_has_the_last_word_at_load_time_too(cuda, quick):
+    """The gpu block's batch sizes (timing_sweep) would refuse reference 16; --set's own batch sizes win."""
+    cfg = load_config(ABLATIONS_BY_NAME["one_by_one"], PAPERCUT)
+    resolved, _, _ = resolve_protocol(cfg, cuda=cuda, quick=quick, sets=PAPERCUT)
+    assert (resolved.timing.batch_sizes, resolved.timing.reference_batch_size) == ([4, 8, 16], 16)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.epochs=0"], "train.epochs: Input should be greater than or equal to 1 (got 0)"),
+    (["timing.reference_batch_size=7"], "timing.reference_batch_size 7 must be one of timing.batch_sizes [1, 32, 128]"),
+])
+def test_set_still_refuses_an_invalid_value(sets, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ABLATIONS_BY_NAME["one_by_one"], sets)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_block_that_set_makes_invalid_is_refused_at_load_time(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ngrid: {model.n_1x1: [0]}\ntiming: {batch_sizes: [1, 32, 64], reference_batch_size: 32}\n"
+                     "gpu: {timing.reference_batch_size: 64}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(suite, ["timing.batch_sizes=[1, 32]"])
+    assert str(err.value) == "gpu: timing: timing.reference_batch_size 64 must be one of timing.batch_sizes [1, 32]"
+
+
+def _suite(tmp_path, text: str) -> Path:
+    (tmp_path / "p.yaml").write_text("train: {epochs: 100, lr: 0.05, momentum: 0.8}\nseeds: [0, 1]\n"
+                                     "cpu: {train.epochs: 3, train.lr: 0.4, seeds: [0], model.width: 0.25}\n"
+                                     "quick: {train.lr: 0.3}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ngrid: {model.n_1x1: [0]}\nprotocols: [p.yaml]\n" + text)
+    return path
+
+
+def test_suite_value_beats_protocol_device_block(tmp_path):
+    path = _suite(tmp_path, "train: {epochs: 2}\nseeds: [0, 1, 2]\ncpu: {model.width: 0.5}\n")
+    cpu, _, _ = resolve_protocol(load_config(path), cuda=False)
+    # suite plain (epochs, seeds) > protocol cpu block (lr) > protocol plain (momentum); suite cpu block (width)
+    assert (cpu.train.epochs, cpu.seeds, cpu.train.lr, cpu.train.momentum, cpu.model.width) == (2, [0, 1, 2], 0.4,
+                                                                                                 0.8, 0.5)
+    full, _, _ = resolve_protocol(load_config(path), cuda=False, full=True)
+    assert (full.train.epochs, full.train.lr, full.model.width) == (2, 0.05, 1.0)
+    own = _suite(tmp_path, "train: {epochs: 2}\ncpu: {train.epochs: 4}\n")
+    assert resolve_protocol(load_config(own), cuda=False)[0].train.epochs == 4  # the suite's own cpu block wins
+    sets = ["train.epochs=6"]
+    assert resolve_protocol(load_config(own, sets), cuda=False, sets=sets)[0].train.epochs == 6  # --set: last
+
+
+def test_builtin_cpu_short_no_longer_replaces_a_suite_value(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ngrid: {model.n_1x1: [0]}\nprotocols: [paper, cpu_short]\ntrain: {epochs: 2}\n")
+    cpu, _, _ = resolve_protocol(load_config(path), cuda=False)
+    assert (cpu.train.epochs, cpu.train.lr, cpu.seeds) == (2, 0.4, [0])
+
+
+def test_quick_only_shrinks():
+    cfg = validate(_raw(data={"dataset": "imagefolder", "path": "imgs"}, train={"val_size": 30, "epochs": 2},
+                        timing={"warmup": 1, "repeats": 3, "batch_sizes": [8, 32, 128],
+                                "layer_timing_batch_sizes": [32], "compile_batch_sizes": [32, 128]}))
+    assert quick_shrink(cfg) == {"timing.warmup": 1, "timing.repeats": 3, "train.epochs": 1, "train.subset": 2000,
+                                 "train.val_size": 30, "timing.batch_sizes": [8, 128],
+                                 "timing.layer_timing_batch_sizes": None, "timing.compile_batch_sizes": [128],
+                                 "seeds": [0]}
+    quick, protocol, _ = resolve_protocol(cfg, cuda=False, quick=True)
+    assert (protocol, quick.train.val_size, quick.train.subset, quick.train.epochs) == ("quick", 30, 2000, 1)
+    small = validate(_raw(train={"subset": 500}))
+    assert quick_shrink(small)["train.subset"] == 500
+    assert {k: quick_shrink(validate(_raw()))[k] for k in QUICK_DEFAULTS} == QUICK_DEFAULTS
+
+
+def test_suite_quick_block_applies_on_top_of_the_shrink():
+    cfg = validate(_raw(train={"val_size": 30}, quick={"train.epochs": 2, "train.val_size": 20}))
+    quick, _, _ = resolve_protocol(cfg, cuda=False, quick=True)
+    assert (quick.train.epochs, quick.train.val_size) == (2, 20)
+
+
+def test_explain_names_every_origin(tmp_path):
+    path = _suite(tmp_path, "train: {epochs: 2}\ncpu: {model.batchnorm: true}\nquick: {train.momentum: 0.7}\n")
+    got = {s.key: (s.value, s.origin) for s in explain(path, ["train.lr=0.2"], cuda=False).settings}
+    assert got["train.nesterov"] == (True, "default")
+    assert got["train.momentum"] == (0.8, "protocol p.yaml")
+    assert got["model.width"] == (0.25, "protocol p.yaml: cpu")
+    assert got["seeds"] == ([0], "protocol p.yaml: cpu")
+    assert got["train.epochs"] == (2, "suite")
+    assert got["model.batchnorm"] == (True, "suite: cpu")
+    assert got["train.lr"] == (0.2, "--set")
+    assert got["device"] == ("cpu", "default: auto, resolved here")
+    quick = {s.key: (s.value, s.origin) for s in explain(path, [], cuda=False, quick=True).settings}
+    assert quick["train.epochs"] == (1, "--quick")
+    assert quick["train.lr"] == (0.3, "protocol p.yaml: quick")
+    assert quick["train.momentum"] == (0.7, "suite: quick")
+    assert quick["timing.repeats"] == (5, "--quick")
+    gpu = {s.key: (s.value, s.origin) for s in explain(path, ["cpu.train.lr=0.1"], cuda=True).settings}
+    assert gpu["model.width"] == (1.0, "default") and gpu["train.lr"] == (0.05, "protocol p.yaml")
+    cpu = {s.key: (s.value, s.origin) for s in explain(path, ["cpu.train.lr=0.1"], cuda=False).settings}
+    assert cpu["train.lr"] == (0.1, "--set")
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
+def test_explain_values_are_what_run_resolves(path):
+    defaults = flat_settings(SuiteConfig(name="x", grid={"model.n_1x1": [0]}).model_dump(mode="json"))
+    for cuda, quick, full in [(False, False, False), (True, False, False), (False, True, False), (False, False, True)]:
+        told = explain(path, cuda=cuda, quick=quick, full=full)
+        resolved, _, _ = resolve_protocol(load_config(path), cuda=cuda, quick=quick, full=full)
+        assert told.config == resolved
+        assert {s.key: s.value for s in told.settings} == flat_settings(resolved.model_dump(mode="json"))
+        for s in told.settings:
+            if s.origin == "default" and s.key != "device":
+                assert s.value == defaults[s.key], (s.key, cuda, quick, full)
+
+
+@pytest.mark.parametrize("asked, cuda, expected", [
+    ("auto", False, "cpu"), ("auto", True, "cuda"), ("cpu", True, "cpu"), ("cpu", False, "cpu"), ("cuda", True, "cuda"),
+])
+def test_resolve_device(asked, cuda, expected):
+    assert resolve_device(asked, cuda) == expected
+
+
+def test_resolve_device_refuses_absent_cuda():
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda", False)
+    assert str(err.value) == "device: cuda was asked for, but torch sees no CUDA device; use --device cpu or auto"
+    with pytest.raises(ConfigError, match=r"^--device cuda was asked for, but torch sees"):
+        resolve_device("cuda", False, asked_as="--device cuda")
+
+
+def test_guess_cuda_without_torch(tmp_path):
+    assert guess_cuda({}, tmp_path) is False
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "nvidiactl").touch()  # the control device alone is no GPU
+    assert guess_cuda({}, tmp_path) is False
+    (tmp_path / "dev" / "nvidia0").touch()
+    assert guess_cuda({}, tmp_path) is True
+    assert guess_cuda({"CUDA_VISIBLE_DEVICES": "0"}, tmp_path) is True
+    assert guess_cuda({"CUDA_VISIBLE_DEVICES": ""}, tmp_path) is False
+    assert guess_cuda({"CUDA_VISIBLE_DEVICES": "-1"}, tmp_path) is False
+    (tmp_path / "dev" / "nvidia0").unlink()
+    (tmp_path / "proc" / "driver" / "nvidia" / "gpus" / "0000:01:00.0").mkdir(parents=True)
+    assert guess_cuda({}, tmp_path) is True

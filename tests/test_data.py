@@ -1,4 +1,4 @@
-"""Tests for nin_bench.data: discovery, decoding, the checksum-keyed cache, and the error messages.
+"""Tests for nin_bench.data.datasets: discovery, decoding, the checksum-keyed cache, and the error messages.
 
 Real data comes from env NIN_BENCH_DATA (CI: ../shared/data); tests that need it skip when it is unset. The full
 CIFAR-10 JPEG set is decoded once per session (about 20-40 s on 2 cores) into a session-wide temporary cache.
@@ -15,8 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from nin_bench import data, data_sources
-from nin_bench.data import CIFAR10_CLASSES, DataError, channel_stats, data_root, load_dataset
+from nin_bench.data import datasets as data
+from nin_bench.data import decoders as data_sources
+from nin_bench.data.datasets import (
+    CIFAR10_CLASSES,
+    DataError,
+    channel_stats,
+    data_root,
+    load_dataset,
+)
 
 # Checksums of the files in ../shared/data (its SHA256SUMS); fashion's is the sha256 of the four per-file hex
 # digests concatenated in the order train-images, train-labels, t10k-images, t10k-labels.

@@ -8,26 +8,29 @@ Real inductor compiles cost 20-40 s each on 2 cores, so the dynamo logic is test
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from nin_bench import compiled, device, stages
-from nin_bench.config import TrainSettings, resolve_protocol, validate
-from nin_bench.manifest import build_manifest
-from nin_bench.models import GlobalMeanPool, build_model, deterministic_gap
-from nin_bench.results_dir import ResultsDir
-from nin_bench.stages import RunContext, run_timing
-from nin_bench.steps import grad_scaler, train_step
-from nin_bench.timing import time_model
-from nin_bench.variants import expand_grid
+from nin_bench.measure.ceilings import Ceilings
+from nin_bench.measure.timing import time_model
+from nin_bench.models.nin import GlobalMeanPool, build_model, deterministic_gap
+from nin_bench.run import stages
+from nin_bench.run.manifest import build_manifest
+from nin_bench.run.stages import RunContext, run_timing
+from nin_bench.runtime import compiled, device
+from nin_bench.runtime.train_step import grad_scaler, train_step
+from nin_bench.store.folder import ResultsDir
+from nin_bench.suite.config import TrainSettings, resolve_protocol, validate
+from nin_bench.suite.variants import expand_grid
 
 SHAPE = (3, 16, 16)
 TINY = dict(batch_size=64, subset=2000, val_size=500, epochs=2, augment="none", schedule="cosine", lr=0.1,
             time_to_acc=[0.5])
+
+FIXED = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # handed in: these tests do not check the measured ceilings
 
 
 def _tiny(**kw):
@@ -42,7 +45,7 @@ def eager_backend(monkeypatch):
 
 def _train_tiny(ds, dropout: float = 0.0, **overrides):
     """The tiny grey-input NiN trained on `ds` with TINY settings plus `overrides` (seeded as the runner seeds)."""
-    from nin_bench.train import train_model
+    from nin_bench.train.loop import train_model
 
     torch.manual_seed(0)
     model = build_model("nin_cifar", width=0.125, batchnorm=True, in_channels=1, dropout=dropout)
@@ -84,7 +87,7 @@ def test_a_failed_compiled_setting_is_an_error_row_and_the_sweep_goes_on(eager_b
         return real(*args, **kw)
 
     monkeypatch.setattr(stages, "time_model", flaky)
-    rows = run_timing(variant, RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol), {"forward": 1.0})
+    rows = run_timing(variant, RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol, ceilings=FIXED), {"forward": 1.0})
     compiled_rows = [r for r in rows if r["compile"]]
     # compiled rows run at the reference batch only: 2 modes x 1 batch; eager rows at both batches
     assert [(r["mode"], r["batch_size"]) for r in compiled_rows] == [("forward", 4), ("train_step", 4)]
@@ -109,7 +112,7 @@ def test_oom_rows_name_their_kind_and_the_next_setting_runs(monkeypatch, tmp_pat
         return real(*args, **kw)
 
     monkeypatch.setattr(stages, "time_model", oom_at_2)
-    rows = run_timing(expand_grid(cfg)[0], RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol), {})
+    rows = run_timing(expand_grid(cfg)[0], RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol, ceilings=FIXED), {})
     assert [(r["batch_size"], r["status"], r.get("error_kind")) for r in rows] == [(2, "error", "oom"),
                                                                                   (4, "ok", None)]
 
@@ -239,8 +242,8 @@ def test_steady_cpu_heap_on_glibc():
 
 
 def test_compiled_rows_alone_cover_every_batch_beside_eager_only_the_reference():
-    from nin_bench.config import TimingSettings
-    from nin_bench.stages import timing_settings
+    from nin_bench.run.stages import timing_settings
+    from nin_bench.suite.config import TimingSettings
 
     both = TimingSettings(batch_sizes=[1, 8, 32], reference_batch_size=8, compile=[False, True], modes=["forward"])
     assert [(s["compile"], s["batch_size"]) for s in timing_settings(both)] == [(False, 1), (False, 8), (False, 32),
@@ -252,7 +255,7 @@ def test_compiled_rows_alone_cover_every_batch_beside_eager_only_the_reference()
 
 
 def test_the_self_checks_resume_check_passes_on_the_cpu(fashion, tmp_path):
-    from nin_bench.gpucheck import check_resume
+    from nin_bench.run.selfcheck import check_resume
 
     try:
         result = check_resume(torch.device("cpu"), fashion, tmp_path, subset=600, val_size=500, width=0.125)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from nin_bench.layer_timing import format_layer_times, memory_bandwidth, roofline, time_layers
-from nin_bench.models import build_model
-from nin_bench.profile import profile_model
+from nin_bench.measure.ceilings import memory_bandwidth, roofline
+from nin_bench.measure.counts import profile_model
+from nin_bench.measure.layer_timing import format_layer_times, time_layers
+from nin_bench.models.nin import build_model
 
 SHAPE = (3, 16, 16)
 

@@ -1,4 +1,4 @@
-"""Tests for nin_bench.models: every preset and axis against a hand formula written from issue 2's text.
+"""Tests for nin_bench.models.nin: every preset and axis against a hand formula written from issue 2's text.
 
 The formula below deliberately shares no code with the package: it re-derives each conv's widths, kernel and
 map size from the issue's prose and counts params and multiply-adds with pencil-and-paper arithmetic.
@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from nin_bench.models import REGISTRY, build_model
+from nin_bench.models.nin import build_model
+from nin_bench.suite.presets import REGISTRY
 
 # ---------------------------------------------------------------------------------------------- hand formula
 
@@ -285,21 +286,22 @@ def test_input_too_small_names_minimum() -> None:
 
 
 def test_preset_and_data_facts_live_in_presets() -> None:
-    """The builder, the grid's data shapes and the data loader all read `nin_bench.presets`; the old names
-    stay importable with their old values."""
-    from nin_bench import data, models, presets, variants
+    """The builder, the grid's data shapes and the data loader all read `nin_bench.suite.presets`."""
+    from nin_bench.data import datasets as data
+    from nin_bench.suite import presets
 
-    assert models.REGISTRY is presets.REGISTRY and models.BlockSpec is presets.BlockSpec
-    assert models.OUT == presets.OUT and models.HEADS == presets.HEADS
-    assert variants.DATASETS == {"cifar10": (3, 32, 10), "fashion_mnist": (1, 28, 10)}
-    assert variants.PRESET_INPUT == {"nin_d2l": 224}
+    shapes = {d.name: (d.channels, d.native_size, d.num_classes) for d in presets.DATASETS.values() if d.channels}
+    assert shapes == {"cifar10": (3, 32, 10), "fashion_mnist": (1, 28, 10)}
+    assert {p.name: p.resize_to for p in presets.REGISTRY.values() if p.resize_to} == {"nin_d2l": 224}
+    assert [presets.auto_augment(d) for d in ("cifar10", "fashion_mnist", "imagefolder")] == ["crop_flip", "crop",
+                                                                                               "crop_flip"]
     assert data.DATASETS == ("cifar10", "fashion_mnist", "imagefolder")
     assert len(data.CIFAR10_CLASSES) == len(data.FASHION_MNIST_CLASSES) == 10
     assert all(p.shown_on in presets.DATASETS for p in presets.REGISTRY.values())
 
 
 def test_inspect_shows_a_preset_on_its_data_set() -> None:
-    from nin_bench.inspect import inspect_target
+    from nin_bench.run.inspect_model import inspect_target
 
     assert inspect_target("nin_d2l", []).startswith("nin_d2l-n1x1_2-gap-do0.5-fashion_mnist  (input 1x224x224)")
     assert inspect_target("nin_cifar", []).startswith("nin_cifar-n1x1_2-gap-do0.5-cifar10  (input 3x32x32)")

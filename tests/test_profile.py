@@ -1,4 +1,4 @@
-"""Tests for nin_bench.profile: hand-computed counts for tiny layers, the issue's pins, and the record's invariants."""
+"""Tests for nin_bench.measure.counts: hand-computed counts for tiny layers, the issue's pins, and the record's invariants."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,8 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from nin_bench.models import NiN, build_model
-from nin_bench.profile import MACS_EXCLUDED_OPS, format_layer_table, layer_table, profile_model
+from nin_bench.measure.counts import (
+    MACS_EXCLUDED_OPS,
+    format_layer_table,
+    layer_table,
+    profile_model,
+)
+from nin_bench.models.nin import NiN, build_model
 
 
 def tiny(batchnorm: bool = False) -> NiN:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from nin_bench.atomic import write_atomic
-from nin_bench.results_dir import FolderBusy, ResultsDir
+from nin_bench.store.atomic import write_atomic
+from nin_bench.store.folder import FolderBusy, ResultsDir
 
 REC = [{"variant": "v", "stage": "profile", "status": "ok", "params": 1}]
 
@@ -77,7 +77,7 @@ def test_a_batch_that_reached_the_file_whole_is_kept_even_if_its_journal_survive
 
 _HOLD = """
 import sys, time
-from nin_bench.results_dir import ResultsDir
+from nin_bench.store.folder import ResultsDir
 with ResultsDir(sys.argv[1]).lock("run"):
     print("locked", flush=True)
     time.sleep(60)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from nin_bench.summary import build_summary, write_summary
+from nin_bench.report.summary import build_summary, write_summary
 
 REQUIRED = ["variant", "preset", "n_1x1", "head", "dropout", "width", "batchnorm", "dataset", "in_channels",
             "input_size", "params", "macs", "flops_fwd", "flops_fwd_bwd", "device", "dtype", "batch_size",

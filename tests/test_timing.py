@@ -1,4 +1,4 @@
-"""Tests for nin_bench.timing and nin_bench.steps (CPU; behaviour and record shape only, never speed)."""
+"""Tests for nin_bench.measure.timing and nin_bench.runtime.train_step (CPU; behaviour and record shape only, never speed)."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from nin_bench import compiled, steps, timing
-from nin_bench.steps import train_step
-from nin_bench.timing import matmul_peak_flops, set_threads, time_model
+from nin_bench.measure import timing
+from nin_bench.measure.ceilings import matmul_peak_flops
+from nin_bench.measure.timing import time_model
+from nin_bench.runtime import compiled
+from nin_bench.runtime import train_step as steps
+from nin_bench.runtime.device import set_threads
+from nin_bench.runtime.train_step import train_step
 
 KEYS = {
     "mode", "batch_size", "dtype", "channels_last", "compile", "threads", "warmup", "repeats", "ms_median",

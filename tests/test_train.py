@@ -5,19 +5,17 @@ NiN (width 0.125, BatchNorm) so the whole file runs in well under a minute on 2 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from nin_bench import augment as aug
-from nin_bench.config import TrainSettings
-from nin_bench.models import build_model
-from nin_bench.schedule import lr_factor
-from nin_bench.train import TrainResult, split_data, train_model
+from nin_bench.data import augment as aug
+from nin_bench.models.nin import build_model
+from nin_bench.suite.config import TrainSettings
+from nin_bench.train.loop import TrainResult, split_data, train_model
+from nin_bench.train.schedule import lr_factor
 
 EPOCH_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "img_per_s"}
 FINAL_KEYS = {"seed", "epochs", "batch_size", "test_acc", "test_loss", "best_val_acc", "train_time_s",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nin_bench.report.render import build_report
-from nin_bench.results_dir import ResultsDir
+from nin_bench.store.folder import ResultsDir
 
 __all__ = ["build_report", "rebuild"]
 
@@ -23,7 +23,9 @@ def rebuild(results_dir: Path | ResultsDir) -> Path:
     Returns:
         Path of report.md.
     """
-    from nin_bench.summary import write_summary  # summary imports nothing of the report: no cycle either way
+    from nin_bench.report.summary import (
+        write_summary,  # summary imports nothing of the report: no cycle either way
+    )
 
     write_summary(results_dir)
     return build_report(results_dir)

@@ -1,6 +1,6 @@
 """Where the time goes: per-layer time against per-layer MACs, a roofline, and the finding in one sentence.
 
-Reads the "layer_timing" records (`nin_bench.layer_timing`): one row per leaf module of a variant at one timing
+Reads the "layer_timing" records (`nin_bench.measure.layer_timing`): one row per leaf module of a variant at one timing
 setting, plus a "rest" row for the time no layer holds. Shares are taken within one (variant, setting): MACs over
 the layers, time over the layers and the rest.
 """
@@ -18,12 +18,11 @@ import seaborn as sns  # noqa: E402
 
 from nin_bench.report import fmt  # noqa: E402
 from nin_bench.report.plots import save  # noqa: E402
-from nin_bench.results_dir import ResultsDir  # noqa: E402
+from nin_bench.store.folder import ResultsDir  # noqa: E402
+from nin_bench.store.schema import LAYER_KINDS, LAYER_SETTING_KEYS  # noqa: E402
 
-SETTING = ["batch_size", "dtype", "channels_last"]
-# Layer kinds in the order a reader meets them in a block, and their colours (fixed across figures).
-KINDS = ["conv_kxk", "conv_1x1", "batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten", "linear",
-         "rest"]
+SETTING = list(LAYER_SETTING_KEYS)
+KINDS = list(LAYER_KINDS)  # in the order a reader meets them in a block
 KIND_LABEL = {"conv_kxk": "k×k conv", "conv_1x1": "1×1 conv", "batchnorm": "BatchNorm", "relu": "ReLU",
               "maxpool": "max pool", "avgpool": "avg pool", "dropout": "dropout", "gap": "GAP", "flatten": "flatten",
               "linear": "linear", "rest": "rest (outside layers)"}

@@ -8,11 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-from nin_bench.records import latest_per_key
-from nin_bench.results_dir import ResultsDir
-from nin_bench.summary import AXES, build_summary, read_config
-
-STAGES = ("profile", "timing", "layer_timing", "train_epoch", "train")
+from nin_bench.report.summary import AXES, build_summary, read_config
+from nin_bench.store.folder import ResultsDir
+from nin_bench.store.records import latest_per_key
+from nin_bench.store.schema import RECORD_KINDS
 
 
 @dataclass
@@ -24,7 +23,7 @@ class Run:
         config: resolved config (plain dict; {} if missing).
         manifest: manifest.json ({} if missing).
         stages: stage name -> DataFrame of that stage's records (empty DataFrame if the stage never ran).
-        summary: one row per variant (`nin_bench.summary.build_summary`).
+        summary: one row per variant (`nin_bench.report.summary.build_summary`).
         variants: variant ids in grid (first appearance) order.
     """
 
@@ -58,7 +57,7 @@ def load_run(results_dir: Path | ResultsDir) -> Run:
     records = latest_per_key(out.read_records())  # a retried unit's later record replaces the earlier
     config = read_config(out)
     manifest = json.loads(out.manifest.read_text()) if out.manifest.exists() else {}
-    frames = {s: pd.DataFrame([r for r in records if r.get("stage") == s]) for s in STAGES}
+    frames = {s: pd.DataFrame([r for r in records if r.get("stage") == s]) for s in RECORD_KINDS}
     ref = (config.get("timing") or {}).get("reference_batch_size")
     summary = build_summary(records, reference_batch_size=ref)
     return Run(out.root, config, manifest, frames, summary, list(summary["variant"]))

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nin_bench.report.plots import save  # noqa: E402
-from nin_bench.results_dir import ResultsDir  # noqa: E402
+from nin_bench.store.folder import ResultsDir  # noqa: E402
 
 MAP_KEYS = ("maps", "images", "labels", "preds", "classes")
 

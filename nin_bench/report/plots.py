@@ -18,8 +18,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from nin_bench.report import fmt  # noqa: E402
-from nin_bench.results_dir import ResultsDir  # noqa: E402
 from nin_bench.report.stats import pareto_front  # noqa: E402
+from nin_bench.store.folder import ResultsDir  # noqa: E402
 
 DPI = 150
 

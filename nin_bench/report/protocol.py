@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from nin_bench.config import AUTO_AUGMENT
+from nin_bench.suite.presets import auto_augment
 
 AUGMENT_WORDS = {"none": "off", "flip": "horizontal flips", "crop": "random crops (pad 4)",
                  "crop_flip": "random crops (pad 4) + horizontal flips", "on": "on"}
@@ -17,7 +17,7 @@ def _resolve(value: Any, dataset: str) -> str:
     if isinstance(value, bool):  # configs before the named choices stored a flag
         return "on" if value else "none"
     value = str(value)
-    return AUTO_AUGMENT.get(dataset, "crop_flip") if value == "auto" else value
+    return auto_augment(dataset) if value == "auto" else value
 
 
 def augmentation(train: pd.DataFrame, config: dict[str, Any], datasets: list[str]) -> dict[str, str]:

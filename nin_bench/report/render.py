@@ -8,7 +8,8 @@ import pandas as pd
 from nin_bench.report import layers, maps, paper, plots, protocol, sections, tables
 from nin_bench.report.document import Doc, to_html, to_markdown
 from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
-from nin_bench.results_dir import ResultsDir
+from nin_bench.store.folder import ResultsDir
+
 
 def _labels(run: Run, with_dataset: bool = False) -> dict[str, str]:
     """variant id -> short label; with_dataset appends the data set (for a figure that mixes data sets)."""

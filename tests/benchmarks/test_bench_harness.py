@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from bench_info import record
-from nin_bench.models import build_model
-from nin_bench.profile import profile_model
+
+from nin_bench.measure.counts import profile_model
+from nin_bench.models.nin import build_model
 
 
 def test_profile_stage(benchmark):
@@ -20,7 +20,7 @@ def test_profile_stage(benchmark):
 
 @pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (CI: ../shared/data)")
 def test_load_from_cache(benchmark):
-    from nin_bench.data import load_dataset
+    from nin_bench.data.datasets import load_dataset
 
     benchmark.group = "harness"
     load_dataset("fashion_mnist")  # decode once into the cache; the benchmark times warm loads

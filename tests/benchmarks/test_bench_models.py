@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bench_info import record
-from nin_bench.config import load_config, resolve_protocol
-from nin_bench.profile import profile_model
-from nin_bench.steps import train_step
-from nin_bench.timing import set_threads
-from nin_bench.variants import build_variant_model, expand_grid
+
+from nin_bench.measure.counts import profile_model
+from nin_bench.models.build import build_variant_model
+from nin_bench.runtime.device import set_threads
+from nin_bench.runtime.train_step import train_step
+from nin_bench.suite.config import load_config, resolve_protocol
+from nin_bench.suite.variants import expand_grid
 
 SUITE = Path(__file__).parents[2] / "ablations" / "one_by_one.yaml"
 BATCH_SIZES = (8, 32)  # batch 1 times ~1 ms here, where this shared VM's noise reached 67 % run to run

@@ -1,0 +1,79 @@
+"""The record schema: the kinds of record a results folder holds, the stages that make them, and their keys.
+
+One owner for names that producers (stages, timing, layer timing, training) and consumers (records, summary, the
+report) both use. A record is a flat JSON object; its `stage` is its kind. The README's key table is checked
+against `KEYS` by the tests, and so is every record a real run writes. No torch, no file I/O.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# The units of a suite, in the order they run (a suite's `stages` list takes these values).
+STAGES = ("profile", "timing", "train")
+# Extra record kinds and the stage whose unit makes them: a unit is recorded once its main record is in.
+UNIT_OF_KIND = {"train_epoch": "train", "layer_timing": "timing"}
+# Every value a record's `stage` can take, in the order the report reads them.
+RECORD_KINDS = ("profile", "timing", "layer_timing", "train_epoch", "train")
+
+# The columns every record carries: the variant's axes and the shape its model sees ...
+VARIANT_COLUMNS = ("variant", "preset", "n_1x1", "head", "dropout", "width", "batchnorm", "fc_hidden", "init",
+                   "dataset", "in_channels", "input_size", "num_classes")
+# ... and what ran it and how it ended.
+RUN_COLUMNS = ("stage", "status", "error", "protocol", "device", "device_name")
+SHARED_COLUMNS = VARIANT_COLUMNS + RUN_COLUMNS
+
+# What tells two timing rows of one variant apart, and the part of it a layer-timing row shares.
+SETTING_KEYS = ("mode", "batch_size", "dtype", "channels_last", "compile")
+LAYER_SETTING_KEYS = ("batch_size", "dtype", "channels_last")
+LAYER_KEY = "layer"  # a layer-timing row's leaf module ("rest" for the time in no layer)
+REST_LAYER = "rest"
+
+# Leaf-module kinds of a layer-timing row, in the order a reader meets them in a block ("rest": no layer).
+LAYER_KINDS = ("conv_kxk", "conv_1x1", "batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten",
+               "linear", REST_LAYER)
+
+# The measured keys of each kind (besides SHARED_COLUMNS), as the README's table lists them; `<x>` stands for a
+# family of keys (a block name, a percentage).
+KEYS: dict[str, tuple[str, ...]] = {
+    "profile": ("params", "params_trainable", "macs", "flops_fwd", "flops_fwd_bwd", "counts_agree",
+                "params_<block>", "macs_<block>", "macs_excluded_ops", "unsupported_ops", "macs_counter",
+                "flops_counter"),
+    "timing": SETTING_KEYS + (
+        "ms_median", "ms_iqr", "ms_p25", "ms_p75", "ms_min", "img_per_s", "peak_mem_mb", "peak_mem_method",
+        "compile_s", "compiled_graphs", "graph_breaks", "flops_per_img", "achieved_tflops", "peak_tflops", "mfu",
+        "threads", "warmup", "repeats", "cudnn_benchmark", "fp32_conv_precision", "error_kind"),
+    "layer_timing": LAYER_SETTING_KEYS + (
+        LAYER_KEY, "block", "kind", "fwd_ms", "fwd_train_ms", "bwd_ms", "macs", "macs_batch", "flops", "bytes",
+        "intensity", "bound", "roofline_ms", "attained", "peak_tflops", "mem_gb_per_s", "timing_fwd_ms",
+        "e2e_fwd_ms", "e2e_train_fwd_ms", "e2e_train_step_ms", "note", "error_kind"),
+    "train_epoch": ("seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
+                    "img_per_s"),
+    "train": ("seed", "test_acc", "test_loss", "best_val_acc", "train_time_s", "time_to_acc_<pct>_s",
+              "loop_img_per_s", "timing_train_img_per_s", "loop_efficiency", "diverged_epoch", "compile_s",
+              "compiled_graphs", "graph_breaks", "late_graphs", "grad_scaler", "cudnn_benchmark", "deterministic",
+              "bit_reproducible", "data_source", "data_sha256", "maps_file", "augment", "batch_size", "compile",
+              "dtype", "epochs", "train_size", "val_size", "test_size"),
+}
+
+
+def key_allowed(kind: str, key: str) -> bool:
+    """Whether `key` belongs to a record of `kind` (a shared column, or one of `KEYS[kind]`, families included)."""
+    if key in SHARED_COLUMNS:
+        return True
+    for known in KEYS.get(kind, ()):
+        head, _, tail = known.partition("<")
+        if known == key or (tail and key.startswith(head) and key.endswith(tail.partition(">")[2])):
+            return True
+    return False
+
+
+def error_record(base: dict[str, Any], error: str, seed: int | None = None) -> dict[str, Any]:
+    """The record of a unit that failed as a whole: its shared columns, `status: error` and the error text.
+
+    Args:
+        base: the unit's shared columns (`status` and `error` are replaced).
+        error: one line (`records.error_text`).
+        seed: the training seed, for a training unit.
+    """
+    row = {**base, "status": "error", "error": error}
+    return row if seed is None else {**row, "seed": seed}

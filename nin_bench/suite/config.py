@@ -1,0 +1,426 @@
+"""Typed, frozen suite configuration: defaults live here, YAML and `--set key=value` override them.
+
+Precedence, lowest first (Hydra's rule: the primary config composes last): the schema's defaults < the protocol
+files' plain keys, in the order listed < their `cpu:`/`gpu:` block for the device used (none for --full) < the
+suite file's own plain keys < its own `cpu:`/`gpu:` block < --quick (`quick_shrink`, then the `quick:` blocks) <
+`--set`. The protocol files are merged under the suite by `suite.files.with_protocols`, the blocks applied by
+`resolve_protocol`; `suite.explain` says, for each setting, which of these it came from. YAML is read with YAML
+1.2's floats (`5e-4` is a number, not a string: `suite.files.load_yaml`). Every user mistake (unknown key, wrong
+type, value out of range, bad YAML, unreadable file) becomes one `ConfigError` whose message names the key path,
+the bad value and what is allowed; the CLI turns it into exit code 2. No torch import here, so `list` and the
+report stay light.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from nin_bench.errors import ConfigError
+from nin_bench.suite import presets
+from nin_bench.suite.files import load_yaml, read_yaml, with_protocols
+from nin_bench.suite.machine import resolve_device
+
+__all__ = ["SuiteConfig", "load_config", "quick_shrink", "resolve_protocol", "validate"]
+
+STAGES = ("profile", "timing", "train")
+# The allowed names come from `nin_bench.suite.presets`; these views keep their old names.
+PRESETS = tuple(sorted(presets.REGISTRY))
+DATASETS = tuple(presets.DATASETS)
+# Literals built from the registries (pydantic's error then lists the allowed values).
+PresetName = Literal[PRESETS]  # type: ignore[valid-type]
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
+HeadName = Literal[presets.HEADS]  # type: ignore[valid-type]
+InitName = Literal[presets.INITS]  # type: ignore[valid-type]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelSettings(_Section):
+    """Architecture axes passed to `build_model` (see its docstring for their meaning)."""
+
+    preset: PresetName = "nin_cifar"
+    n_1x1: int = Field(2, ge=0, le=3)
+    head: HeadName = "gap"
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    width: float = Field(1.0, gt=0.0, le=8.0)
+    batchnorm: bool = False
+    fc_hidden: list[int] | None = None
+    init: InitName = "kaiming"
+
+    @field_validator("fc_hidden")
+    @classmethod
+    def _positive_hidden(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(h < 1 for h in v):
+            raise ValueError("every fc_hidden entry must be a positive integer")
+        return v
+
+
+class DataSettings(_Section):
+    """Which data set, at which input size, found where."""
+
+    dataset: DatasetName = "cifar10"
+    input_size: int | None = Field(None, ge=8, le=1024)  # None: the data set's native size
+    root: str | None = None  # None: env NIN_BENCH_DATA, then the user cache dir
+    download: bool = False
+    path: str | None = None  # imagefolder only
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_path(self) -> "DataSettings":
+        if self.dataset == "imagefolder" and not self.path:
+            raise ValueError("dataset 'imagefolder' needs data.path (a folder with train/<class>/ and test/<class>/)")
+        return self
+
+
+class TimingSettings(_Section):
+    """Throughput sweep: every mode x batch size x dtype x channels_last x compile."""
+
+    modes: list[Literal["forward", "train_step"]] = ["forward", "train_step"]
+    batch_sizes: list[int] = [1, 32, 128]
+    reference_batch_size: int = 128  # the batch the summary and report quote
+    dtypes: list[Literal["fp32", "bf16", "fp16"]] = ["fp32"]
+    channels_last: list[bool] = [True]
+    compile: list[bool] = [False]
+    # compiled rows run at these batch sizes only; each pays a full compile. None: the reference batch size
+    # when eager rows run too (compile: [false, true]), every batch size when only compiled rows do
+    compile_batch_sizes: list[int] | None = None
+    warmup: int = Field(5, ge=0)
+    repeats: int = Field(20, ge=3)
+    # per-layer time (torch.profiler) of every eager dtype x layout, at these batch sizes (None: the reference
+    # batch size), measured right after the sweep's forward row of the same setting (same machine state)
+    layer_timing: bool = True
+    layer_timing_batch_sizes: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "TimingSettings":
+        for key in ("modes", "batch_sizes", "dtypes", "channels_last", "compile"):
+            if not getattr(self, key):
+                raise ValueError(f"timing.{key} must not be empty")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"timing.batch_sizes must be positive integers, got {self.batch_sizes}")
+        for key in ("compile_batch_sizes", "layer_timing_batch_sizes"):
+            extra = [b for b in getattr(self, key) or [] if b not in self.batch_sizes]
+            if extra:
+                raise ValueError(f"timing.{key} {getattr(self, key)} must be among timing.batch_sizes "
+                                 f"{self.batch_sizes} (each is compared with the sweep's row at that batch)")
+        if self.reference_batch_size not in self.batch_sizes:
+            raise ValueError(
+                f"timing.reference_batch_size {self.reference_batch_size} must be one of "
+                f"timing.batch_sizes {self.batch_sizes}"
+            )
+        return self
+
+
+class TrainSettings(_Section):
+    """The training protocol (the paper's: SGD with momentum, step decay; faster schedules offered)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0.0)  # peak learning rate
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["onecycle", "cosine", "step"] = "onecycle"
+    step_milestones: list[float] = [0.5, 0.75]  # fractions of the epochs: the paper's lr / 10 twice
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    augment: Literal["auto", "none", "flip", "crop", "crop_flip"] = "auto"
+    subset: int | None = Field(None, ge=10)  # training images used (after the validation hold-out)
+    val_size: int = Field(5000, ge=0)
+    eval_batch_size: int = Field(1000, ge=1)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False
+    # bit-reproducible CUDA training (deterministic cuDNN/cuBLAS algorithms, no autotuning); the CPU always is
+    deterministic: bool = False
+    time_to_acc: list[float] = [0.8, 0.85, 0.9]
+    eval_every: int = Field(1, ge=1)
+
+    @field_validator("step_milestones", "time_to_acc")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < x < 1.0 for x in v):
+            raise ValueError(f"entries must lie strictly between 0 and 1, got {v}")
+        return v
+
+
+class ReportSettings(_Section):
+    """How the report compares variants."""
+
+    baseline: dict[str, Any] = {}  # dotted grid keys -> value; empty: the first grid point
+
+
+class SuiteConfig(_Section):
+    """One ablation suite: base settings, a grid over dotted keys, seeds, stages, protocol overrides."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    protocols: list[str] = []  # protocol files merged under this suite, in order (see `with_protocols`)
+    seeds: list[int] = [0]
+    stages: list[str] = list(STAGES)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch's intra-op threads for the whole run (timing and training); None: all cores
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    grid: dict[str, list[Any]]
+    timing: TimingSettings = TimingSettings()
+    train: TrainSettings = TrainSettings()
+    report: ReportSettings = ReportSettings()
+    cpu: dict[str, Any] = {}  # dotted overrides for a machine without CUDA (unless --full)
+    gpu: dict[str, Any] = {}  # dotted overrides when training on CUDA
+    quick: dict[str, Any] = {}  # dotted overrides for --quick, on top of the built-in smoke settings
+    protocol_notes: dict[Literal["cpu", "gpu", "full", "quick"], str] = {}  # why a protocol is what it is (report)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError(f"seeds must be a non-empty list of distinct non-negative integers, got {v}")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in STAGES]
+        if bad or not v:
+            raise ValueError(f"unknown stage {bad[0] if bad else '(none given)'!r}; allowed: {', '.join(STAGES)}")
+        return [s for s in STAGES if s in v]  # canonical order: profile, timing, train
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not v:
+            raise ValueError("grid is empty: give at least one dotted key with a list of values, "
+                             "e.g. grid: {model.n_1x1: [0, 1, 2]}")
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"grid.{key} is an empty list; give at least one value")
+        return v
+
+
+# ---- loading, overrides, protocol ------------------------------------------------------------------------
+
+_DOTTED_DICTS = ("grid", "cpu", "gpu", "quick")  # sections whose keys are themselves dotted paths
+_OVERRIDABLE = ("model", "data", "train", "timing")  # what grid / protocol blocks may change
+_RUN_LEVEL = ("seeds", "threads")  # top-level keys a cpu/gpu/quick block and --set may change too
+# Sections a config may no longer hold, and why: an old YAML gets this instead of "unknown key".
+_REMOVED = {"profile": "the backward FLOPs are always counted"}
+
+# --quick: a smoke run of every stage (seconds per variant, not minutes), applied after the cpu/gpu block; each is
+# an upper bound (`quick_shrink`): a suite's own smaller value stays.
+QUICK_DEFAULTS: dict[str, Any] = {
+    "timing.warmup": 2,
+    "timing.repeats": 5,
+    "train.epochs": 1,
+    "train.subset": 2000,
+    "train.val_size": 1000,
+}
+
+
+def _fail(err: ValidationError, context: str = "") -> ConfigError:
+    """Turn the first pydantic error into one readable line naming the key path (and its context)."""
+    e = err.errors()[0]
+    path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+    if e["type"] == "extra_forbidden":
+        msg = f"unknown key {path!r}; allowed here: {', '.join(_allowed_keys(e['loc']))}"
+    elif e["type"] == "missing":
+        msg = f"missing required key {path!r}"
+    else:
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        text = e["msg"].removeprefix("Value error, ")
+        msg = f"{path}: {text}{got}" if path else f"{text}{got}"
+    return ConfigError(f"{context}: {msg}" if context else msg)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    cls: type[BaseModel] = SuiteConfig
+    for part in loc[:-1]:
+        ann = cls.model_fields.get(str(part))
+        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+            return []
+        cls = ann.annotation
+    return sorted(cls.model_fields)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key` (dotted) in a raw config dict; inside grid/cpu/gpu/quick the rest of the key is one entry.
+
+    Args:
+        raw: the YAML mapping, modified in place.
+        key: e.g. "model.n_1x1", "grid.model.n_1x1", "train.epochs".
+        value: the new value.
+    """
+    parts = key.split(".")
+    split = 2 if parts[:2] == ["report", "baseline"] else 1 if parts[0] in _DOTTED_DICTS else 0
+    if split and len(parts) > split:
+        parts = parts[:split] + [".".join(parts[split:])]
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[:i + 1])} is {nxt!r}, not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse one `--set key=value`; the value is read as YAML (so 2 is an int, 5e-4 a float, [0,1] a list)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        return key.strip(), load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({exc.__class__.__name__})") from None
+
+
+def _check_removed(raw: dict[str, Any]) -> None:
+    """Fail with the reason when a raw mapping uses a removed section, itself or as a grid/cpu/gpu/quick key."""
+    blocks = [(f"{b}.", raw[b]) for b in _DOTTED_DICTS if isinstance(raw.get(b), dict)]
+    for section, why in _REMOVED.items():
+        used = [f"{at}{k}" for at, keys in [("", raw), *blocks] for k in keys if k.split(".")[0] == section]
+        if used:
+            raise ConfigError(f"{used[0]}: the {section!r} section was removed ({why}); delete it")
+    timing = raw.get("timing") if isinstance(raw.get("timing"), dict) else {}
+    moved = ["timing.threads"] if "threads" in timing else [f"{at}{k}" for at, keys in blocks for k in keys
+                                                              if k == "timing.threads"]
+    if moved:
+        raise ConfigError(f"{moved[0]}: the thread count is a run-level setting now (it governs training too); "
+                          "write `threads:` at the top level instead")
+
+
+def validate(raw: dict[str, Any], where: str = "", base: Path | None = None) -> SuiteConfig:
+    """Validate a raw mapping (its `protocols` merged under it), every grid point and override block included.
+
+    Args:
+        raw: a suite's mapping.
+        where: context for error messages.
+        base: the folder relative protocol paths are taken from; None: the working directory.
+    """
+    return _validate_merged(with_protocols(raw, base, SuiteConfig.model_fields), where)
+
+
+def _validate_merged(raw: dict[str, Any], where: str = "", last: dict[str, Any] | None = None) -> SuiteConfig:
+    """Validate a merged mapping, each grid value and each override block (with `last`, --set, on top of it)."""
+    _check_removed(raw)
+    try:
+        cfg = SuiteConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _fail(err, where) from None
+    for block in ("cpu", "gpu", "quick", "grid"):
+        for key in getattr(cfg, block):
+            head = key.split(".")[0]
+            if head not in _OVERRIDABLE and not (block != "grid" and key in _RUN_LEVEL):
+                raise ConfigError(f"{block}.{key}: cannot be overridden here; keys must start with "
+                                  f"{', '.join(_OVERRIDABLE)}" + ("" if block == "grid" else " (or be 'seeds' or 'threads')"))
+    for key, values in cfg.grid.items():
+        for value in values:
+            apply_overrides(cfg, {key: value}, where=f"grid.{key}")
+    for block in ("cpu", "gpu", "quick"):  # as `resolve_protocol` applies them: --set has the last word
+        apply_overrides(cfg, {**getattr(cfg, block), **(last or {})}, where=block)
+    return cfg
+
+
+def apply_overrides(cfg: SuiteConfig, overrides: dict[str, Any], where: str = "") -> SuiteConfig:
+    """Return a copy of `cfg` with dotted overrides applied and validated."""
+    if not overrides:
+        return cfg
+    raw = cfg.model_dump()
+    for key, value in overrides.items():
+        set_dotted(raw, key, copy.deepcopy(value))
+    try:
+        return SuiteConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _fail(err, where) from None
+
+
+def load_config(path: Path, sets: list[str] = ()) -> SuiteConfig:
+    """Read a suite YAML, merge its protocols under it, override (`--set`) and validate.
+
+    Args:
+        path: the YAML file.
+        sets: `key=value` strings from the command line, applied in order after the protocols are merged
+            (`--set protocols=[...]` replaces the suite's list before the merge). Each override block is
+            validated with them on top, as `resolve_protocol` applies it.
+
+    Returns:
+        The validated, frozen config (protocol blocks not yet applied: see `resolve_protocol`).
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    pairs = [parse_set(item) for item in sets]
+    for key, value in pairs:
+        if key == "protocols":
+            raw["protocols"] = value
+    raw = with_protocols(raw, path.parent, SuiteConfig.model_fields)
+    for key, value in pairs:
+        set_dotted(raw, key, value)
+    return _validate_merged(raw, last=_last_word(pairs))
+
+
+def _last_word(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The `--set` pairs that override settings (not the override blocks, grid or name): re-applied on top of
+    every protocol block, so the command line has the last word."""
+    return {k: v for k, v in pairs if k.split(".")[0] in _OVERRIDABLE or k in _RUN_LEVEL}
+
+
+def quick_shrink(cfg: SuiteConfig) -> dict[str, Any]:
+    """--quick's smoke settings for `cfg`: each size the smaller of `QUICK_DEFAULTS` and cfg's own (a subset of
+    None, all images, takes the default), so --quick never turns a valid suite invalid; the timing sweep keeps
+    its smallest and its reference batch size, and one seed.
+
+    Returns:
+        dotted key -> value, to apply over `cfg` (then the suite's `quick:` block, then --set).
+    """
+    now = cfg.model_dump()
+    shrink: dict[str, Any] = {}
+    for key, default in QUICK_DEFAULTS.items():
+        section, field = key.split(".")
+        own = now[section][field]
+        shrink[key] = default if own is None else min(default, own)
+    t = cfg.timing
+    sizes = sorted({min(t.batch_sizes), t.reference_batch_size})
+    shrink["timing.batch_sizes"] = sizes
+    for key in ("compile_batch_sizes", "layer_timing_batch_sizes"):  # they must stay among the batch sizes
+        if getattr(t, key) is not None:
+            shrink[f"timing.{key}"] = [b for b in getattr(t, key) if b in sizes] or None
+    shrink["seeds"] = cfg.seeds[:1]
+    return shrink
+
+
+def resolve_protocol(cfg: SuiteConfig, *, cuda: bool, quick: bool = False, full: bool = False,
+                     sets: list[str] = (), seen_by: str = "torch") -> tuple[SuiteConfig, str, str]:
+    """Pick the device and protocol and apply the matching override blocks, each with `--set` on top.
+
+    Args:
+        cfg: a validated config.
+        cuda: whether a CUDA device is usable here.
+        quick: the smoke protocol (`--quick`: `quick_shrink`, then the `quick:` block).
+        full: on a CPU-only machine, run the YAML's full protocol instead of its `cpu:` block (`--full`).
+        sets: the command line's `key=value` overrides: they have the last word, over the protocol blocks too.
+        seen_by: who answered `cuda` (for the error when `device: cuda` is asked for; see `resolve_device`).
+
+    Returns:
+        (config with overrides applied, protocol name: "gpu" | "cpu" | "full" | "quick", device: "cuda" | "cpu").
+    """
+    device = resolve_device(cfg.device, cuda, seen_by=seen_by)
+    last = _last_word([parse_set(item) for item in sets])
+    protocol = "gpu" if device == "cuda" else "full" if full else "cpu"
+    block = {"gpu": cfg.gpu, "cpu": cfg.cpu, "full": {}}[protocol]
+    cfg = apply_overrides(cfg, {**block, **last}, protocol)  # one validation: --set may rely on the block's values
+    if quick:
+        cfg, protocol = apply_overrides(cfg, {**quick_shrink(cfg), **cfg.quick, **last}, "quick"), "quick"
+    return cfg.model_copy(update={"device": device}), protocol, device

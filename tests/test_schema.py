@@ -1,0 +1,72 @@
+"""The record schema is the one owner of record kinds and keys: the README's table says the same, the committed
+records use only its keys, and the rules that read records (unit keys, failures) follow its kinds."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from nin_bench.store import records, schema
+
+ROOT = Path(__file__).parents[1]
+
+
+def _readme_rows() -> dict[str, str]:
+    """The README's "What gets measured" table: record kind -> its keys cell."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| record kind (`stage`) |"):]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[2]
+    return rows
+
+
+def test_readme_table_lists_every_record_kind_in_order() -> None:
+    assert tuple(_readme_rows()) == schema.RECORD_KINDS
+
+
+@pytest.mark.parametrize("kind", schema.RECORD_KINDS)
+def test_readme_keys_of_each_kind_are_the_schema_keys(kind: str) -> None:
+    rows = _readme_rows()
+    # the setting keys of timing / layer_timing rows are named in the "per variant" column
+    named = set(re.findall(r"`([a-z0-9_<>]+)`", rows[kind]))
+    setting = {"timing": set(schema.SETTING_KEYS), "layer_timing": set(schema.LAYER_SETTING_KEYS)}.get(kind, set())
+    assert named | setting == set(schema.KEYS[kind])
+
+
+def test_readme_names_every_shared_column() -> None:
+    text = (ROOT / "README.md").read_text()
+    para = text[text.index("Every record also carries the shared columns"):].split("\n\n")[0]
+    assert set(re.findall(r"`([a-z0-9_]+)`", para)) == set(schema.SHARED_COLUMNS)
+
+
+def test_key_families_match_their_members_only() -> None:
+    assert schema.key_allowed("profile", "params_block3") and schema.key_allowed("profile", "macs_head")
+    assert schema.key_allowed("train", "time_to_acc_85_s") and not schema.key_allowed("train", "time_to_acc_85")
+    assert schema.key_allowed("timing", "variant") and not schema.key_allowed("timing", "test_acc")
+    assert not schema.key_allowed("nonsense", "params")
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "results").glob("*/records.jsonl")))
+def test_committed_records_use_only_schema_keys(folder: str) -> None:
+    """What the suite wrote (and the report reads) is what the schema names: no key spelled elsewhere."""
+    config = (ROOT / "results" / folder / "config.resolved.yaml").read_text()
+    grid_tails = set(re.findall(r"^  [a-z_]+\.([a-z_0-9]+):", config, re.M))  # extra grid axes become columns
+    rows = [json.loads(line) for line in (ROOT / "results" / folder / "records.jsonl").read_text().splitlines()]
+    unknown = {(r["stage"], k) for r in rows for k in r if not schema.key_allowed(r["stage"], k)
+               and k not in grid_tails}
+    assert unknown == set()
+    assert {r["stage"] for r in rows} <= set(schema.RECORD_KINDS)
+
+
+def test_unit_rules_follow_the_schema_kinds() -> None:
+    epoch = {"variant": "v", "stage": "train_epoch", "seed": 1, "epoch": 2}
+    layer = {"variant": "v", "stage": "layer_timing", "status": "error", "error": "x", "batch_size": 4}
+    assert records.unit_key(epoch) == ("v", "train", 1) and records.unit_key(layer) == ("v", "timing", None)
+    assert not records.is_unit_failure(layer)  # a failed per-layer timing is a setting's result
+    failed = schema.error_record({"variant": "v", "stage": "train", "status": "ok", "error": None}, "E: x", seed=3)
+    assert failed == {"variant": "v", "stage": "train", "status": "error", "error": "E: x", "seed": 3}
+    assert records.is_unit_failure(failed)
