@@ -1,5 +1,6 @@
-"""The Ray executor on a real local Ray instance (no mocks): same results as the local executor, a killed worker
-retried and resumed, a killed driver resumed, every unit recorded once; without Ray, one line and exit 2."""
+"""The Ray executor on a real local Ray instance (no mocks): same results as the local executor, a killed driver
+resumed, every unit recorded once; without Ray, one line and exit 2. A killed worker (a whole node) retried and
+resumed, and joining a running cluster, are tests/test_ray_cluster.py's."""
 from __future__ import annotations
 
 import os
@@ -77,7 +78,7 @@ model: {width: 0.125, batchnorm: true, dropout: 0.0}
 data: {dataset: fashion_mnist}
 grid: {model.n_1x1: [0, 1]}
 timing: {batch_sizes: [2, 8], reference_batch_size: 8, warmup: 1, repeats: 3}
-train: {epochs: 4, subset: 3000, val_size: 500, batch_size: 64, lr: 0.1, schedule: cosine, augment: none}
+train: {epochs: 6, subset: 3000, val_size: 500, batch_size: 64, lr: 0.1, schedule: cosine, augment: none}
 """
 
 
@@ -86,39 +87,11 @@ def _cmd(suite, out):
             "--no-progress", "--executor", "ray"]
 
 
-def _training_workers():
-    """PIDs of Ray workers running a training unit (Ray titles a busy worker `ray::<task name>`)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::nin_bench" in line and " train s" in line]
-
-
 def _check_once(out):
     records = ResultsDir(out).read_records()
     assert len({record_key(r) for r in records}) == len(records)
     finals = Counter((r["variant"], r.get("seed")) for r in records if r["stage"] == "train")
     assert sorted(finals.values()) == [1] * 4 and all(r["status"] == "ok" for r in records)
-
-
-@needs_data
-def test_a_worker_killed_mid_training_is_retried_and_resumes(tmp_path):
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(SUITE)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(suite, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = None
-    deadline = time.time() + 300
-    while killed is None and proc.poll() is None and time.time() < deadline:
-        if list((out / ".cache" / "checkpoints").glob("*.pt")):  # a run has an epoch on disk: kill its worker
-            workers = _training_workers()
-            if workers:
-                killed = workers[0]
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.2)
-    output = proc.communicate(timeout=600)[0]
-    assert killed is not None, output[-3000:]
-    assert proc.returncode == 0, output[-3000:]
-    _check_once(out)
-    assert "resumed from" in output or "resumed" in output.lower()
 
 
 @needs_data

@@ -6,14 +6,25 @@ returns the unit's records; the driver (`runner.run_suite`) stays the only write
 stores each result as `ray.wait` hands it back. Training checkpoints are written by the task into the results
 folder's `.cache/checkpoints/`, which on a cluster must be storage every node shares: a worker (or node) that
 dies is retried by Ray (`max_retries`) and the retry resumes from the unit's last epoch checkpoint.
+
+Joining a running cluster, the driver hands the job what its tasks need through Ray's job-level `runtime_env`:
+`env_vars` carries every `NIN_BENCH_*` variable of the driver's shell (the data root and the decoded-data cache as
+absolute paths), `py_modules` carries this checkout's `nin_bench` package, which Ray puts ahead of whatever
+nin_bench a node has installed (or lacks). The thread count and the results folder travel in each task's
+arguments. Worker processes are long-lived: Ray reuses a worker for the job's next task of the same shape
+(`max_calls=0`, also for GPU tasks, where Ray's default starts a fresh process per task), so torch is imported
+once per worker and a worker keeps its decoded data set between units.
 """
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from nin_bench.data.datasets import DataError
+from nin_bench.errors import UserError
 from nin_bench.run.stages import (
     DeadlineReached,
     RunContext,
@@ -22,11 +33,26 @@ from nin_bench.run.stages import (
     failed_unit,
     run_unit,
 )
+from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import variant_records
 
 # System failures (a killed worker process, a lost node) are retried; exceptions inside a unit are not (they
 # are that unit's error record already, see stages.run_unit).
 MAX_RETRIES = 3
+# How long the driver waits for a TCP answer from the cluster's address before giving up: a live head answers in
+# milliseconds even across a data centre, and Ray's own client would instead retry for minutes.
+CONNECT_TIMEOUT_S = 10.0
+# Ray's default ports: GCS (`ray start --head --port`) and the Ray Client server (`--ray-client-server-port`).
+GCS_PORT, CLIENT_PORT = 6379, 10001
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the nin_bench package of this checkout (py_modules)
+
+# Decoded data sets of this worker process, kept between the units it runs (a Ray worker serves many units of
+# one job; reloading Fashion-MNIST or CIFAR-10 per unit is what long-lived workers are meant to save).
+_WORKER_DATASETS: dict[str, Any] = {}
+
+
+class RayUnavailable(UserError):
+    """The Ray cluster cannot be reached or cannot run a unit (one line: the address or the resource, the remedy)."""
 
 
 def unit_resources(unit: Unit, device: str, threads: int) -> dict[str, float]:
@@ -43,18 +69,93 @@ def unit_resources(unit: Unit, device: str, threads: int) -> dict[str, float]:
     return {"num_cpus": threads, "num_gpus": 0}
 
 
-def run_unit_task(unit: Unit, ctx: RunContext, known: list[dict[str, Any]], threads: int) -> UnitResult:
-    """The body of a Ray task: the same `run_unit` the local executor calls, with the run's thread count."""
+def run_unit_task(unit: Unit, ctx: RunContext, known: list[dict[str, Any]],
+                  threads: int) -> tuple[UnitResult, str]:
+    """The body of a Ray task: the same `run_unit` the local executor calls, with the run's thread count.
+
+    Returns:
+        The unit's result and where it ran ("<node id>/<pid>": the driver counts worker processes and nodes).
+
+    Raises:
+        DataError: the data set is missing on this node; the message names the node (host name and IP).
+    """
+    import ray
+
     from nin_bench.runtime.device import set_threads, steady_cpu_heap
 
     ctx.check_deadline()  # a task that waited in Ray's queue past the budget does not start
     set_threads(threads)
     steady_cpu_heap()  # as the driver's process has it (see there)
-    return run_unit(unit, ctx, known)
+    ctx.datasets = _WORKER_DATASETS
+    try:
+        result = run_unit(unit, ctx, known)
+    except DataError as exc:
+        node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+        raise DataError(f"on Ray node {node}: {str(exc).splitlines()[-1]}") from None
+    return result, f"{ray.get_runtime_context().get_node_id()}/{os.getpid()}"
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The job-level runtime_env that makes a joined cluster's workers see what the driver sees.
+
+    Returns:
+        `env_vars`: every NIN_BENCH_* variable of this process (NIN_BENCH_DATA and NIN_BENCH_CACHE made absolute,
+        since a worker's working directory is not the driver's); `py_modules`: this checkout's nin_bench package.
+    """
+    env = {k: v for k, v in os.environ.items() if k.startswith("NIN_BENCH_")}
+    for key in ("NIN_BENCH_DATA", "NIN_BENCH_CACHE"):
+        if env.get(key):
+            env[key] = str(Path(env[key]).expanduser().resolve())
+    return {"env_vars": env, "py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__", "*.pyc"]}
+
+
+def probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, with one line, when nothing answers at a cluster address ("auto" is left to Ray).
+
+    Args:
+        address: "HOST:PORT" (the head's GCS) or "ray://HOST[:PORT]" (its Ray Client server).
+        timeout_s: how long a TCP connect may take.
+
+    Raises:
+        RayUnavailable: a malformed address, or no TCP answer within `timeout_s`.
+    """
+    if address == "auto":
+        return
+    client = address.startswith("ray://")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep:
+        host, port = port, str(CLIENT_PORT if client else GCS_PORT)
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise RayUnavailable(f"no Ray cluster at {address}: TCP connect to {host}:{port} failed within "
+                             f"{timeout_s:g} s ({why}); start one with `ray start --head` or fix "
+                             "--ray-address") from None
+    _probe_grpc(address, f"{host}:{port}", timeout_s)
+
+
+def _probe_grpc(address: str, target: str, timeout_s: float) -> None:
+    """Both a head's GCS and its Ray Client server speak gRPC: a port that accepts TCP but never completes the
+    gRPC handshake is not a Ray head (Ray itself would wait on it for minutes). Skipped without grpcio."""
+    try:
+        import grpc
+    except ImportError:
+        return
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        raise RayUnavailable(f"no Ray cluster at {address}: {target} accepts TCP but gave no gRPC answer within "
+                             f"{timeout_s:g} s (not a Ray head's GCS or Ray Client port?)") from None
+    finally:
+        channel.close()
 
 
 def _start(address: str | None, threads: int, log: Callable[[str], None]) -> bool:
-    """Connect to Ray (or start a local instance); True when this call started it (and must shut it down)."""
+    """Connect to Ray (or start a local instance); True when this call connected (and must shut down)."""
     import ray
 
     if ray.is_initialized():
@@ -66,11 +167,42 @@ def _start(address: str | None, threads: int, log: Callable[[str], None]) -> boo
         ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
                  include_dashboard=False, log_to_driver=True)
     else:
-        ray.init(address=address, log_to_driver=True)
+        probe(address)
+        try:
+            ray.init(address=address, log_to_driver=True, runtime_env=job_runtime_env())
+        except Exception as exc:  # noqa: BLE001  (Ray's errors here are many and long: one line at the boundary)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RayUnavailable(f"could not join the Ray cluster at {address}: {first}") from None
     res = ray.cluster_resources()
     log(f"ray: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs "
         f"({'local instance' if address is None else address}); {threads} threads per CPU unit")
     return True
+
+
+def check_fits(units: list[Unit], device: str, threads: int, nodes: list[dict[str, Any]]) -> None:
+    """Refuse a run that no node of the cluster can hold, instead of leaving its tasks queued forever.
+
+    Args:
+        units: what is to run.
+        device: "cpu" or "cuda".
+        threads: torch threads per CPU unit.
+        nodes: `ray.nodes()` (each with "Alive" and "Resources").
+
+    Raises:
+        RayUnavailable: some unit needs more CPUs or GPUs than any live node has (a cluster that adds nodes on
+            demand has to be scaled up before the run).
+    """
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    for need in {tuple(unit_resources(u, device, threads).values()) for u in units}:
+        cpus, gpus = need
+        if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in alive):
+            continue
+        most_cpu = max((int(r.get("CPU", 0)) for r in alive), default=0)
+        most_gpu = max((int(r.get("GPU", 0)) for r in alive), default=0)
+        remedy = ("run with --device cpu or join a cluster with GPUs" if gpus > most_gpu else
+                  f"set threads to at most {most_cpu} (--set threads={most_cpu})")
+        raise RayUnavailable(f"no node of the Ray cluster can run a unit that needs {cpus:g} CPUs and {gpus:g} "
+                             f"GPUs (largest node: {most_cpu} CPUs, {most_gpu} GPUs); {remedy}")
 
 
 def run_on_ray(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
@@ -84,22 +216,38 @@ def run_on_ray(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]]
         records: the driver's records so far (a task gets its variant's successful ones: FLOPs, timing rows).
         done: called in the driver, in finishing order, with each unit and its result.
         bar: the driver's progress bar (its postfix shows how many tasks run).
-        address: None starts a local instance; "auto" or "ray://host:port" joins a cluster.
+        address: None starts a local instance; "auto", "HOST:PORT" or "ray://host:port" joins a cluster.
         threads: torch threads per unit (CPU units ask Ray for that many cores).
         log: one-line messages.
 
     Raises:
-        DataError: a worker could not find the data (every node needs it; see the README).
+        RayUnavailable: the address does not answer within CONNECT_TIMEOUT_S, or no node can hold a unit.
+        DataError: a worker could not find the data (the message names its node).
         KeyboardInterrupt: after cancelling every task still running (finished units are already stored).
     """
     import ray
 
-
     started = _start(address, threads, log)
-    task = ray.remote(run_unit_task)
+    try:
+        check_fits(units, ctx.device, threads, ray.nodes())
+        _submit_and_collect(units, ctx, records, done, bar, threads, log)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _submit_and_collect(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
+                        done: Callable[[Unit, UnitResult], None], bar: Any, threads: int,
+                        log: Callable[[str], None]) -> None:
+    """Submit one task per unit, then store results in finishing order (see `run_on_ray`)."""
+    import ray
+
+    task = ray.remote(max_calls=0)(run_unit_task)  # reuse workers, GPU ones too (see the module docstring)
     worker_ctx = ctx.fresh()
     worker_ctx.progress = False  # bars of many workers would interleave in the driver's terminal
+    worker_ctx.results = ResultsDir(Path(ctx.results.root).resolve())  # a worker's cwd is not the driver's
     pending: dict[Any, Unit] = {}
+    workers: set[str] = set()
     try:
         for unit in units:
             opts = {**unit_resources(unit, ctx.device, threads), "max_retries": MAX_RETRIES,
@@ -112,7 +260,7 @@ def run_on_ray(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]]
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 unit = pending.pop(ref)
-                result = _result(ref, unit, ctx)
+                result = _result(ref, unit, ctx, workers)
                 if result is None:
                     stopped = True
                 else:
@@ -123,24 +271,27 @@ def run_on_ray(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]]
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        if started:
-            ray.shutdown()
+    if workers:
+        nodes = len({w.split("/")[0] for w in workers})
+        log(f"ray: {len(units)} units ran in {len(workers)} worker processes on {nodes} nodes")
 
 
-def _result(ref: Any, unit: Unit, ctx: RunContext) -> UnitResult | None:
-    """A finished task's result, its unit's error record when Ray could not run it, or None when the run's time
-    budget stopped it (it resumes on the next run)."""
+def _result(ref: Any, unit: Unit, ctx: RunContext, workers: set[str]) -> UnitResult | None:
+    """A finished task's result (its worker added to `workers`), its unit's error record when Ray could not run
+    it, or None when the run's time budget stopped it (it resumes on the next run)."""
     import ray
 
     try:
-        return ray.get(ref)
+        result, worker = ray.get(ref)
+        workers.add(worker)
+        return result
     except ray.exceptions.RayTaskError as exc:
         cause = exc.as_instanceof_cause()
         if isinstance(cause, DeadlineReached):
             return None
         if isinstance(cause, DataError):
-            raise DataError(str(cause).splitlines()[-1]) from None
+            line = str(cause).splitlines()[-1]  # Ray prefixes the class path: "nin_bench...DataError: <message>"
+            raise DataError(line.split("DataError: ", 1)[-1]) from None
         return failed_unit(unit, ctx, cause)
     except ray.exceptions.RayError as exc:  # worker or node lost after every retry
         return failed_unit(unit, ctx, exc)
