@@ -5,7 +5,8 @@
     python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full] [--explain]
     python -m nin_bench inspect PRESET|CONFIG [--set k=v]... [--time [--batch N] [--dtype D] [--device D]]
     python -m nin_bench report DIR
-    python -m nin_bench gpu-session [--results DIR] [--suites DIR] [--budget-s S]
+    python -m nin_bench gpu-session [--results DIR] [--suites DIR] [--budget-s S] [--rehearse] [--steps A,B|list]
+                                    [--pack N]
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from nin_bench.errors import UserError
 from nin_bench.store.folder import RESULTS_ROOT, ResultsDir
+from nin_bench.store.schema import STAGES
 
 EXIT_USAGE = 2
 
@@ -28,13 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="profile, time and train every variant of a suite YAML")
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, help="results folder (default: results/<name>)")
-    run.add_argument("--stages", help="comma-separated subset of profile,timing,train (default: the YAML's)")
+    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: the YAML's)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the YAML's device")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: unit after unit in this process (default); ray: one Ray task per unit")
-    run.add_argument("--ray-address", help="with --executor ray: 'auto' or ray://host:port joins a running cluster "
-                                           "(default: start a local Ray instance on this machine)")
+    run.add_argument("--ray-address", help="with --executor ray: 'auto', HOST:PORT (the head's GCS) or "
+                                           "ray://HOST:PORT (Ray Client) joins a running cluster (default: start "
+                                           "a local Ray instance on this machine)")
     for cmd in (run, sub.add_parser("list", help="print the expanded grid (no work)")):
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         cmd.add_argument("--quick", action="store_true", help="smoke protocol: 1 epoch, small subset, few repeats")
@@ -59,7 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     gpu.add_argument("--results", type=Path, default=RESULTS_ROOT, help="results root (default: results)")
     gpu.add_argument("--suites", type=Path, default=Path("ablations"), help="suite YAMLs (default: ablations)")
     gpu.add_argument("--budget-s", type=float, default=480.0,
-                     help="no new unit or epoch starts after this many seconds (default 480)")
+                     help="seconds of work this call may take: nothing (unit, timing setting, epoch) starts after "
+                          "them, and a unit estimated not to finish within them is skipped (default 480)")
+    gpu.add_argument("--rehearse", action="store_true",
+                     help="run the same steps on this CPU, shrunk to minutes (no CUDA needed)")
+    gpu.add_argument("--steps", metavar="NAME,...",
+                     help="steps to run, in the batch's order (default: the default batch); 'list' describes them")
+    gpu.add_argument("--pack", type=int, metavar="N",
+                     help="training runs at once on the device (default: measured on the first call, then reused)")
     return p
 
 
@@ -100,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nin_bench.run.runner import run_suite
 
     if args.executor == "ray":
-        _require_ray()
+        _require_ray(args.ray_address)
     elif args.ray_address:
         raise UserError("--ray-address needs --executor ray")
     cfg, protocol, _, fallback = _resolved(args)
@@ -110,12 +120,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_ray() -> None:
-    """Fail with one line when Ray, an optional extra, is not installed."""
+def _require_ray(address: str | None = None) -> None:
+    """Fail with one line when Ray, an optional extra, is not installed, Ray Client (grpcio) is missing for a
+    ray:// address, or nothing answers at the address (`ray_executor.probe`: within CONNECT_TIMEOUT_S)."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise UserError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install 'ray>=2.9')")
+        raise UserError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[client]>=2.9')")
+    if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise UserError(f"--ray-address {address} needs Ray Client: pip install -e '.[ray]' "
+                        "(or pip install 'ray[client]>=2.9')")
+    if address:  # before any data or results folder is touched: an address that does not answer is exit 2
+        from nin_bench.run.ray_executor import probe
+
+        probe(address)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -163,9 +181,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu_session(args: argparse.Namespace) -> int:
-    from nin_bench.run.gpu_session import gpu_session
+    from nin_bench.run.gpu_session import describe_steps, gpu_session
 
-    return gpu_session(args.results, args.suites, args.budget_s)
+    if args.steps == "list":
+        print(describe_steps())
+        return 0
+    if args.pack is not None and args.pack < 1:
+        raise UserError(f"--pack {args.pack}: expected a whole number >= 1")
+    return gpu_session(args.results, args.suites, args.budget_s, lambda m: print(m, flush=True),
+                       rehearse=args.rehearse, steps=args.steps, pack=args.pack)
 
 
 def main(argv: list[str] | None = None) -> int:

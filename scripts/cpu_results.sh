@@ -2,8 +2,9 @@
 # The commands that made the committed CPU results (results/d2l, one_by_one, head, dropout), in the order they
 # ran. Each is resumable: run this again after a kill and it continues where it stopped. On 2 cores it takes
 # about an hour; run it on an otherwise idle machine, since the timing stage's throughput is measured too.
-# Needs the data (NIN_BENCH_DATA, see README "Data"). On a fresh clone the committed folders are moved aside to
-# results/<name>/.cache/superseded-<time>/ and measured afresh (README "Resuming, crashes, and committed results").
+# Needs the data (NIN_BENCH_DATA, see README "Data"). On a machine with the committed folders' CPU model they
+# continue from what is committed; elsewhere they are moved aside to results/<name>/.cache/superseded-<time>/ and
+# measured afresh (README "Resuming, crashes, and committed results").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,21 +1,41 @@
 #!/usr/bin/env bash
-# Before calling the device tool: put what the GPU machine needs but cannot reach into git-ignored paths of this
-# checkout (they travel only when named in `carry`): the wheels it lacks (.wheels/), the data (.gpu-data/), and
-# the run state of every results/gpu-* folder (their .cache/: resume fingerprint, an unfinished run's checkpoint)
-# packed into one file, .gpu-state.tgz, so that `carry` stays at three paths however many folders there are.
-# After a call, unpack what came back with `tar xzf <files_at>/gpu-results.tgz -C .` and run this again.
+# Before one call of the device tool (README, "GPU"): put what the GPU machine needs and cannot reach into the
+# git-ignored folder .gpu/ (listed in .git/info/exclude; it travels only because `carry` names it):
+#   .gpu/wheels/  the wheels its image lacks (pydantic, fvcore and their needs: ../shared/wheels-gpu)
+#   .gpu/data/    only the data the call's steps use: cifar10-jpeg.tar.gz by default (the default batch trains and
+#                 times CIFAR-10 only); --data cifar10,fashion_mnist adds Fashion-MNIST (31 MB) for an opt-in step
+#   .gpu/commit   "<commit> clean|dirty" of this checkout: the manifest's git commit where there is no .git
+# then sum everything that will travel (tracked + untracked-not-ignored + shared/ + .gpu/) and refuse above the
+# device's 64 MiB with one line saying what to drop. Prints carry_bytes=N and the `carry` list for the call.
+# Usage: bash scripts/gpu_prepare.sh [--data cifar10[,fashion_mnist]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
-mkdir -p .wheels .gpu-data/fashion-mnist
-cp -n "$SHARED"/wheels-gpu/*.whl .wheels/
-cp -n "$SHARED"/data/fashion-mnist/* .gpu-data/fashion-mnist/
-cp -n "$SHARED"/data/cifar10-jpeg.tar.gz .gpu-data/
-exclude=.git/info/exclude
+PYTHON=${PYTHON:-python3}
+DATA=cifar10
+while [ $# -gt 0 ]; do
+  case $1 in
+    --data) DATA=$2; shift 2 ;;
+    *) echo "gpu_prepare.sh: unknown argument $1 (usage: gpu_prepare.sh [--data cifar10[,fashion_mnist]])" >&2
+       exit 2 ;;
+  esac
+done
+
+exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"
-for p in /.wheels/ /.gpu-data/ /.gpu-state.tgz; do grep -qxF "$p" "$exclude" 2>/dev/null || echo "$p" >> "$exclude"; done
-rm -f .gpu-state.tgz
-mapfile -t state < <(find results -path 'results/gpu-*' -type d -name .cache 2>/dev/null)
-if [ ${#state[@]} -gt 0 ]; then tar czf .gpu-state.tgz "${state[@]}"; else tar czf .gpu-state.tgz -T /dev/null; fi
-du -sh .wheels .gpu-data .gpu-state.tgz
-echo 'carry: [".wheels", ".gpu-data", ".gpu-state.tgz"]'
+grep -qxF /.gpu/ "$exclude" 2>/dev/null || echo /.gpu/ >> "$exclude"
+
+# .gpu/ is rebuilt to hold exactly what this call needs (a file left from an earlier, larger call would travel)
+rm -rf .gpu
+mkdir -p .gpu/data .gpu/wheels
+cp "$SHARED"/wheels-gpu/*.whl .gpu/wheels/
+for d in ${DATA//,/ }; do
+  case $d in
+    cifar10) cp "$SHARED"/data/cifar10-jpeg.tar.gz .gpu/data/ ;;
+    fashion_mnist) mkdir -p .gpu/data/fashion-mnist && cp "$SHARED"/data/fashion-mnist/*.gz .gpu/data/fashion-mnist/ ;;
+    *) echo "gpu_prepare.sh: unknown data set $d (cifar10, fashion_mnist)" >&2; exit 2 ;;
+  esac
+done
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+"$PYTHON" -m nin_bench.run.gpu_call commit
+"$PYTHON" -m nin_bench.run.gpu_call size --carry .gpu

@@ -1,9 +1,11 @@
 """The runner end to end: records, summary, manifest, resume, superseding foreign results, error rows."""
 import json
 import os
+import shutil
 
 import pandas as pd
 import pytest
+import yaml
 
 from nin_bench.measure.ceilings import Ceilings
 from nin_bench.run import runner
@@ -54,19 +56,36 @@ def test_profile_timing_run_writes_every_file_and_resumes(tmp_path):
     assert len(ResultsDir(tmp_path).read_records()) == len(records)
 
 
-def test_foreign_or_changed_results_are_superseded_not_resumed(tmp_path):
+def test_committed_results_continue_on_the_same_device_and_are_set_aside_elsewhere(tmp_path):
+    """Whether a folder is continued is read from its own files, never from ignored state: a fresh clone (no
+    .cache/) continues; records from another kind of device, or another config, are moved aside, not deleted."""
     cfg, protocol = _suite(stages=["profile"])
     _run(cfg, protocol, tmp_path)
-    (tmp_path / ".cache" / "state.json").unlink()  # as on a fresh clone of committed results
+    shutil.rmtree(tmp_path / ".cache")  # as on a fresh clone of committed results
     logs = _run(cfg, protocol, tmp_path)
-    assert "measuring afresh" in logs[0] and "4 units to run" in logs[1]
+    assert "0 units to run" in logs[0] and not list(tmp_path.glob(".cache/superseded-*"))
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "device_name": "NVIDIA H200"}))
+    logs = _run(cfg, protocol, tmp_path)  # the committed numbers were measured on another device
+    assert "another device (NVIDIA H200)" in logs[0] and "measuring afresh" in logs[0] and "4 units to run" in logs[1]
     assert len(ResultsDir(tmp_path).read_records()) == 4
     superseded = list((tmp_path / ".cache").glob("superseded-*/records.jsonl"))
-    assert len(superseded) == 1
+    assert len(superseded) == 1 and len(ResultsDir(superseded[0].parent).read_records()) == 4  # kept
 
     cfg2, _ = _suite(stages=["profile"], model={"width": 0.25})  # another config: another measurement
     logs = _run(cfg2, protocol, tmp_path)
     assert "another config or protocol" in logs[0]
+
+
+def test_a_folder_written_before_threads_moved_is_continued(tmp_path):
+    """config.resolved.yaml from before `timing.threads` became the run-level `threads` reads as the same config."""
+    cfg, protocol = _suite(stages=["profile"])
+    _run(cfg, protocol, tmp_path)
+    old = yaml.safe_load((tmp_path / "config.resolved.yaml").read_text())
+    old["timing"]["threads"] = old.pop("threads")
+    (tmp_path / "config.resolved.yaml").write_text(yaml.safe_dump(old))
+    assert "0 units to run" in _run(cfg, protocol, tmp_path)[0]
 
 
 def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -137,9 +156,10 @@ def test_ceilings_are_measured_once_for_the_dtypes_the_timing_units_use(tmp_path
                         lambda device, dtype: calls.append(dtype) or 3e11)
     monkeypatch.setattr("nin_bench.measure.ceilings.memory_bandwidth", lambda device: calls.append("bw") or 2e10)
     cfg, protocol = _suite(timing={**SMALL_TIMING, "batch_sizes": [2], "reference_batch_size": 2,
-                                   "dtypes": ["fp32", "bf16"], "modes": ["forward"]})
+                                   "dtypes": ["fp32", "bf16"], "modes": ["forward"]}, stages=["timing"],
+                           grid={"model.n_1x1": [0, 1]})
     logs = _run(cfg, protocol, tmp_path, ceilings=None)
-    assert sorted(calls) == ["bf16", "bw", "fp32"]  # four variants, one measurement each
+    assert sorted(calls) == ["bf16", "bw", "fp32"]  # two variants, one measurement each
     assert any(line.startswith("ceilings: matmul peak bf16 0.3, fp32 0.3 TFLOP/s") for line in logs)
     timing = [r for r in ResultsDir(tmp_path).read_records() if r["stage"] == "timing"]
     assert {r["peak_tflops"] for r in timing} == {0.3}

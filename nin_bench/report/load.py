@@ -1,14 +1,13 @@
 """Read a results folder (records, resolved config, manifest) into pandas, and name its variants and baselines."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from nin_bench.report.summary import AXES, build_summary, read_config
+from nin_bench.report.summary import AXES, build_summary
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import latest_per_key
 from nin_bench.store.schema import RECORD_KINDS
@@ -55,8 +54,8 @@ def load_run(results_dir: Path | ResultsDir) -> Run:
     """
     out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
     records = latest_per_key(out.read_records())  # a retried unit's later record replaces the earlier
-    config = read_config(out)
-    manifest = json.loads(out.manifest.read_text()) if out.manifest.exists() else {}
+    config = out.read_config()
+    manifest = out.read_manifest()
     frames = {s: pd.DataFrame([r for r in records if r.get("stage") == s]) for s in RECORD_KINDS}
     ref = (config.get("timing") or {}).get("reference_batch_size")
     summary = build_summary(records, reference_batch_size=ref)

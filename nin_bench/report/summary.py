@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import latest_per_key
@@ -155,19 +154,6 @@ def build_summary(records: list[dict[str, Any]], reference_batch_size: int | Non
     return df
 
 
-def read_config(results_dir: Path | ResultsDir) -> dict[str, Any]:
-    """Read `config.resolved.yaml` of a results folder ({} if missing).
-
-    Args:
-        results_dir: the run's results folder.
-
-    Returns:
-        The resolved config as a plain dict.
-    """
-    out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
-    return (yaml.safe_load(out.config.read_text()) or {}) if out.config.exists() else {}
-
-
 def write_summary(results_dir: Path | ResultsDir) -> Path:
     """Write `summary.csv` (full precision) from a results folder's records and resolved config.
 
@@ -178,7 +164,7 @@ def write_summary(results_dir: Path | ResultsDir) -> Path:
         Path of the written `summary.csv`.
     """
     out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
-    ref = (read_config(out).get("timing") or {}).get("reference_batch_size")
+    ref = (out.read_config().get("timing") or {}).get("reference_batch_size")
     df = build_summary(latest_per_key(out.read_records()), reference_batch_size=ref)
     # pandas writes floats with repr (shortest round-trip): the CSV keeps full precision.
     out.write(out.summary, df.to_csv(index=False))

@@ -29,17 +29,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Where a checkout without .git (the copy a lent GPU machine gets) learns its commit: this variable, else the file
+# scripts/gpu_prepare.sh writes at the checkout's root and carries along. Both hold "<commit> clean|dirty".
+COMMIT_ENV = "NIN_BENCH_GIT_COMMIT"
+COMMIT_FILE = Path(".gpu") / "commit"
+
+
+def parse_commit(text: str) -> tuple[str | None, bool | None]:
+    """(commit, dirty) from "<commit> clean|dirty" (the word may be missing: dirty unknown); (None, None) if empty."""
+    words = text.split()
+    if not words:
+        return None, None
+    state = words[1] if len(words) > 1 else None
+    return words[0], {"dirty": True, "clean": False}.get(state)
+
+
 def git_state(repo: Path) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout holding `repo`, or (None, None) outside git; dirty ignores results/."""
+    """(commit, dirty) of the checkout rooted at `repo`; dirty ignores results/.
+
+    Without a `.git` there (or without git), env NIN_BENCH_GIT_COMMIT, else the file `.gpu/commit` at `repo`
+    (written by scripts/gpu_prepare.sh before a GPU call); (None, None) when none says.
+    """
+    if (repo / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, timeout=10, check=True).stdout.strip()
+            # results/ is excluded: a run rewrites its own committed results folder, which says nothing of the code
+            status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
+                                     ":/", ":(exclude,top)results"],
+                                    capture_output=True, text=True, timeout=10, check=True).stdout
+            return commit, bool(status.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if os.environ.get(COMMIT_ENV):
+        return parse_commit(os.environ[COMMIT_ENV])
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        # results/ is excluded: a run rewrites its own committed results folder, which says nothing of the code
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
-                                 ":/", ":(exclude,top)results"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-        return commit, bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
+        return parse_commit((repo / COMMIT_FILE).read_text())
+    except OSError:
         return None, None
 
 
@@ -70,7 +96,7 @@ def build_manifest(*, device: str, device_name: str, threads: int, protocol: str
     """
     from nin_bench.runtime.device import cuda_facts
 
-    commit, dirty = git_state(Path(__file__).resolve().parent)
+    commit, dirty = git_state(Path(__file__).resolve().parents[2])  # the checkout holding the package
     return {
         "nin_bench_version": _version("nin_bench"),
         "python_version": platform.python_version(),

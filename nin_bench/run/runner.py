@@ -19,6 +19,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from nin_bench.measure.ceilings import Ceilings, measure_ceilings
+from nin_bench.run.budget import Budget, Tally, fits
 from nin_bench.run.manifest import build_manifest, device_name
 from nin_bench.run.stages import DeadlineReached, RunContext, Unit, UnitResult, run_unit
 from nin_bench.runtime.device import set_threads, steady_cpu_heap
@@ -30,7 +31,7 @@ from nin_bench.store.records import (
     variant_records,
 )
 from nin_bench.store.schema import STAGES
-from nin_bench.suite.config import SuiteConfig
+from nin_bench.suite.config import SuiteConfig, config_of_folder
 from nin_bench.suite.variants import Variant, expand_grid
 
 Log = Callable[[str], None]
@@ -46,23 +47,47 @@ def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def prepare_out_dir(rd: ResultsDir, fp: str, log: Log) -> None:
-    """Make the folder ours: keep it when its state matches `fp`, otherwise move its results aside."""
-    state = rd.read_state()
-    if rd.generated() and state.get("fingerprint") != fp:
-        dest = rd.supersede()
-        why = "another config or protocol" if state else "another checkout or machine (no local run state)"
-        log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
-    rd.write(rd.state, json.dumps({"fingerprint": fp}))
+def prepare_out_dir(rd: ResultsDir, fp: str, device_name: str, log: Log) -> None:
+    """Make the folder ours: continue it when what it holds was measured under this config and protocol
+    (`fp`) on this kind of device, otherwise move its results aside (never deleted) and measure afresh.
+
+    The decision reads only the folder's own files (config.resolved.yaml, manifest.json), never ignored state,
+    so a committed folder on a fresh clone, or one brought back from a lent GPU, continues on the same kind of
+    device, and a user's first run on another machine never shows the committed machine's numbers as theirs.
+    """
+    if not rd.generated():
+        return
+    theirs = config_of_folder(rd.read_config())
+    their_device = rd.read_manifest().get("device_name")
+    if theirs is not None and fingerprint(*theirs) == fp and their_device == device_name:
+        return
+    why = (f"another device ({their_device})" if theirs is not None and fingerprint(*theirs) == fp
+           else "another config or protocol")
+    dest = rd.supersede()
+    log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
 
 
-def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple]) -> list[Unit]:
-    """Every unit of the suite not yet recorded, variant by variant, stages in order."""
+def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str = "variant") -> list[Unit]:
+    """Every unit of the suite not yet recorded.
+
+    Args:
+        variants: the expanded grid.
+        cfg: the resolved config (its stages).
+        done: keys of recorded units (`completed`).
+        order: "variant" (variant by variant, stages in order: the default) or "seed" (every non-training unit
+            first, then training seed-major: seed 0 of every variant before seed 1, so a run cut short by a
+            budget still holds one complete seed of the whole grid).
+    """
     units = []
     for v in variants:
         for stage in cfg.stages:
             seeds = v.config.seeds if stage == "train" else [None]
             units += [Unit(v, stage, s) for s in seeds if (v.id, stage, s) not in done]
+    if order == "seed":
+        seeds = {s: i for i, s in enumerate(dict.fromkeys(u.seed for u in units if u.stage == "train"))}
+        units.sort(key=lambda u: -1 if u.stage != "train" else seeds[u.seed])  # stable: grid order kept within
+    elif order != "variant":
+        raise ValueError(f"plan order {order!r}; expected 'variant' or 'seed'")
     return units
 
 
@@ -102,18 +127,56 @@ def record_result(rd: ResultsDir, unit: Unit, result: UnitResult, log: Log) -> N
 
 
 def run_local(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
-              done: Callable[[Unit, UnitResult], None], bar: tqdm) -> None:
-    """Run the units one after another in this process (the default executor)."""
+              done: Callable[[Unit, UnitResult], None], bar: tqdm,
+              admit: Callable[[Unit], bool] = lambda _u: True) -> None:
+    """Run the units one after another in this process (the default executor); `admit` False skips a unit
+    (it would not finish within the budget)."""
     for unit in units:
         ctx.check_deadline()
+        if not admit(unit):
+            continue
         bar.set_postfix_str(unit.label)
         done(unit, run_unit(unit, ctx, variant_records(records, unit.variant.id)))
+
+
+def budget_gate(ctx: RunContext, records: list[dict[str, Any]], budget: Budget, tally: Tally,
+                log: Log) -> Callable[[Unit], bool]:
+    """The `admit` of a budgeted run: a unit whose estimate exceeds the time left is skipped with one line."""
+    def admit(unit: Unit) -> bool:
+        ok, why = fits(unit, ctx, records, budget)
+        if not ok:
+            tally.skipped_budget += 1
+            tally.skipped.append(unit.label)
+            log(f"skipped {unit.label}: would not finish before the deadline ({why})")
+        return ok
+    return admit
+
+
+def run_units(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
+              done: Callable[[Unit, UnitResult], None], bar: tqdm, admit: Callable[[Unit], bool], *,
+              executor: str, pack: int, threads: int, ray_address: str | None, log: Log) -> None:
+    """Hand the units to the chosen executor. "pool": non-training units here, one after another, then the
+    training units `pack` at a time in worker processes (`pool_executor.run_on_pool`)."""
+    if executor == "ray":
+        from nin_bench.run.ray_executor import run_on_ray
+
+        run_on_ray(units, ctx, records, done, bar, address=ray_address, threads=threads, log=log)
+    elif executor == "pool":
+        from nin_bench.run.pool_executor import run_on_pool
+
+        run_local([u for u in units if u.stage != "train"], ctx, records, done, bar, admit)
+        run_on_pool([u for u in units if u.stage == "train"], ctx, records, done, workers=pack,
+                    threads=threads, admit=admit)
+    else:
+        run_local(units, ctx, records, done, bar, admit)
 
 
 def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool = True, log: Log = print,
               executor: str = "local", ray_address: str | None = None, cuda_fallback: str | None = None,
               deadline: float | None = None, command: str | None = None,
-              ceilings: Ceilings | None = None) -> Path:
+              ceilings: Ceilings | None = None, order: str = "variant", pack: int = 1,
+              budget: Budget | None = None, tally: Tally | None = None,
+              manifest_extra: dict[str, Any] | None = None) -> Path:
     """Run every unrecorded (variant, stage[, seed]) of a resolved suite, then write summary and report.
 
     Args:
@@ -122,7 +185,8 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         protocol: "cpu" | "gpu" | "full" | "quick", recorded everywhere.
         progress: show tqdm bars.
         log: where one-line messages go.
-        executor: "local" (this process, unit after unit) or "ray" (one Ray task per unit).
+        executor: "local" (this process, unit after unit), "ray" (one Ray task per unit) or "pool" (training
+            units `pack` at a time in spawned worker processes on this machine's one device).
         ray_address: None starts a local Ray instance; "auto" or "ray://..." joins a cluster.
         cuda_fallback: why a CUDA build of torch runs on the CPU here (`device.cuda_fallback_reason`), or None.
         deadline: a time.time() after which no new unit or epoch starts (the GPU batch's budget); the run then
@@ -130,6 +194,12 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         command: the command line that started this run, kept in the manifest (and the report) as `command`.
         ceilings: the device's peaks and bandwidth when already known (tests pass fixed ones); None: measured
             once here, before the first timing unit, and handed to every unit.
+        order: "variant" or "seed" (training seed-major; see `plan`).
+        pack: with executor "pool", how many training units run at once.
+        budget: the deadline with what estimates need (`budget.Budget`); a unit whose estimate exceeds the time
+            left is skipped with one line (None: `deadline` alone, checked between units, settings and epochs).
+        tally: filled with units done, skipped for the budget and left (the GPU session's summary line).
+        manifest_extra: more manifest keys (the GPU session's step name and packing).
 
     Returns:
         The path of the written report.
@@ -138,24 +208,29 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         FolderBusy: another process is running in this folder.
     """
     rd = ResultsDir(out_dir)
+    budget = budget or Budget(deadline)
+    deadline = budget.deadline
+    tally = tally if tally is not None else Tally()
     with rd.lock("run", log):
-        prepare_out_dir(rd, fingerprint(cfg, protocol), log)
         if cuda_fallback:
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
         threads = set_threads(cfg.threads)
         heap = steady_cpu_heap()
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
+        prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device_name, log)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
-        manifest.update(cpu_heap=heap, command=command)
-        write_run_files(rd, cfg, manifest, protocol)
+        manifest.update(cpu_heap=heap, command=command, **(manifest_extra or {}))
         variants = expand_grid(cfg)
         records = rd.read_records()
         done = completed(records)
         remove_stale_checkpoints(rd, done)
-        units = plan(variants, cfg, done)
+        units = plan(variants, cfg, done, order)
         log(f"{cfg.name}: {len(variants)} variants, {len(units)} units to run ({protocol} protocol on "
             f"{ctx.device_name}, {threads} threads, {executor} executor) -> {rd.root}")
+        if not units and rd.manifest.exists():  # nothing to measure: the folder's files stay as they were made
+            return finish(rd, log)
+        write_run_files(rd, cfg, manifest, protocol)
         preload_data(variants, cfg, ctx)
         ctx.ceilings = ceilings or run_ceilings(units, ctx.device, log)
 
@@ -163,18 +238,18 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             record_result(rd, unit, result, log)
             records.extend(result.records)
             bar.update(1)
+            tally.done += 1
+            if deadline is not None:  # a budgeted run says what each unit left behind, one line each
+                log(f"done {unit.label}: " + unit_outcome(result))
 
         bar = tqdm(total=len(units), desc=cfg.name, unit="unit", disable=not progress, dynamic_ncols=True)
+        admit = budget_gate(ctx, records, budget, tally, log) if deadline is not None else (lambda _u: True)
         try:
-            if executor == "ray":
-                from nin_bench.run.ray_executor import run_on_ray
-
-                run_on_ray(units, ctx, records, finished, bar, address=ray_address, threads=threads, log=log)
-            else:
-                run_local(units, ctx, records, finished, bar)
+            run_units(units, ctx, records, finished, bar, admit, executor=executor, pack=pack, threads=threads,
+                      ray_address=ray_address, log=log)
         except DeadlineReached:
-            left = len(units) - bar.n
-            log(f"time budget reached with {left} units left; run the same command again to continue")
+            tally.left = len(units) - bar.n - tally.skipped_budget
+            log(f"time budget reached with {tally.left} units left; run the same command again to continue")
         finally:
             bar.close()
         manifest.update(peak_tflops=peaks_from(records), mem_gb_per_s=bandwidth_from(records),
@@ -182,6 +257,16 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
                         data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
         write_run_files(rd, cfg, manifest, protocol)
         return finish(rd, log)
+
+
+def unit_outcome(result: UnitResult) -> str:
+    """A finished unit in a few words: its failure, or its final record's headline figure."""
+    last = result.records[-1] if result.records else {}
+    if is_unit_failure(last):
+        return f"FAILED ({last.get('error')})"
+    if last.get("test_acc") is not None:
+        return f"test_acc {last['test_acc']:.4f}, {last.get('train_time_s') or 0:.0f} s training"
+    return f"{len(result.records)} records"
 
 
 def run_ceilings(units: list[Unit], device: str, log: Log) -> Ceilings:

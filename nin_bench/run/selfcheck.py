@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +168,8 @@ def check_resume(device: torch.device, dataset: Any, workdir: Any, *, subset: in
 
         try:
             # BatchNorm: two epochs of the plain NiN may not leave chance level, and a diverged run ends early
-            model = _model(in_channels=1, input_size=28, batchnorm=True, width=width)
+            channels, side, _ = dataset.image_shape
+            model = _model(in_channels=channels, input_size=side, batchnorm=True, width=width)
             return train_model(model, dataset, s, device=device, seed=0, checkpoint_path=ckpt, on_epoch=on_epoch,
                                progress=False)
         except Stop:
@@ -195,25 +196,44 @@ CHECKS: tuple[Callable[[torch.device], Check], ...] = (
     check_events_vs_wall, check_max_memory, check_oom_then_ok, check_bf16, check_compile, check_cudnn_benchmark,
     check_fp16_scaler, check_peaks,
 )
+# By the name each check records. The default leaves out `compile` (one inductor compile, 20-60 s: a third of a
+# call's 60 s for the self-check), which runs only when a compile step is asked for.
+DEFAULT_CHECKS = ("events_vs_wall", "max_memory_allocated", "oom_row", "bf16", "cudnn_benchmark",
+                  "fp16_grad_scaler", "mfu_peaks", "train_resume")
+CPU_CHECKS = ("train_resume",)  # the one that runs on a CPU (a rehearsal): the others time CUDA itself
+_NAMES = {"events_vs_wall": check_events_vs_wall, "max_memory_allocated": check_max_memory,
+          "oom_row": check_oom_then_ok, "bf16": check_bf16, "compile": check_compile,
+          "cudnn_benchmark": check_cudnn_benchmark, "fp16_grad_scaler": check_fp16_scaler, "mfu_peaks": check_peaks}
+# The resume check shrunk for a CPU (as tests/test_gpu_ready.py runs it): seconds instead of minutes.
+_CPU_RESUME = dict(subset=600, val_size=500, width=0.125)
 
 
-def run_checks(device: torch.device, dataset: Any, workdir: Any, log: Callable[[str], None] = print) -> list[Check]:
-    """Run every check (a crash in one is its failure), printing each line as it finishes.
+def run_checks(device: torch.device, dataset: Any, workdir: Any, log: Callable[[str], None] = print,
+               names: Sequence[str] | None = None) -> list[Check]:
+    """Run the checks (a crash in one is its failure), printing each line as it finishes.
 
     Args:
-        device: the CUDA device.
-        dataset: Fashion-MNIST (for the resume check).
+        device: the CUDA device (or the CPU in a rehearsal, where only CPU_CHECKS make sense).
+        dataset: the data set the resume check trains on (CIFAR-10 in the GPU batch, the only one it carries).
         workdir: a scratch folder for the resume check's checkpoint.
         log: where each "PASS/FAIL name: figure (detail)" line goes.
+        names: which checks, by recorded name (None: every check).
+
+    Returns:
+        One Check per check run, in the order of `names`.
     """
-    checks: list[tuple[str, Callable[[], Check]]] = [(c.__name__, lambda c=c: c(device)) for c in CHECKS]
-    checks.append(("check_resume", lambda: check_resume(device, dataset, workdir)))
+    shrink = _CPU_RESUME if device.type == "cpu" else {}
+    table = {**_NAMES, "train_resume": lambda d: check_resume(d, dataset, workdir, **shrink)}
+    unknown = [n for n in names or () if n not in table]
+    if unknown:
+        raise ValueError(f"unknown self-check {unknown[0]!r}; expected one of {sorted(table)}")
+    checks = [(n, lambda f=table[n]: f(device)) for n in (names or table)]
     results = []
     for name, check in checks:
         try:
             result = check()
         except Exception as exc:  # a check that crashes fails with its error; the others still run
-            result = Check(name.removeprefix("check_"), False, "crashed", error_text(exc))
+            result = Check(name, False, "crashed", error_text(exc))
         free_device_memory(device)
         log(f"{'PASS' if result.passed else 'FAIL'} {result.name}: {result.figure}"
             + (f" ({result.detail})" if result.detail else ""))

@@ -184,6 +184,9 @@ def run_timing(variant: Variant, ctx: RunContext, flops: dict[str, float]) -> li
                    else [t.reference_batch_size]) if t.layer_timing else []
     rows = []
     for setting in timing_settings(t):
+        # between settings, not only between units: a sweep can outlast a call's margin; a unit cut here
+        # records nothing (run_unit re-raises) and runs whole on the next call
+        ctx.check_deadline()
         row = {**base_record(variant, ctx, "timing"), **setting}
         rows.append(_guarded(row, device, lambda: time_model(
             model, shape.input_shape, device=device, warmup=t.warmup, repeats=t.repeats,

@@ -4,7 +4,7 @@ Layout (the committed part, then the git-ignored `.cache/`):
 
     records.jsonl  summary.csv  config.resolved.yaml  manifest.json  report.md  report.html  tables.csv
     tables.tex  figures/  maps/
-    .cache/lock  .cache/state.json  .cache/append.journal  .cache/checkpoints/  .cache/superseded-<time>/
+    .cache/lock  .cache/append.journal  .cache/checkpoints/  .cache/superseded-<time>/
 
 Appends are atomic per batch of records: the byte range a batch will occupy is written to a journal before
 the batch, so a run killed at any instant (even inside the append) leaves either the whole batch, which the
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nin_bench.errors import UserError
 from nin_bench.store.atomic import atomic_target, write_atomic
 from nin_bench.store.crash_points import crash_point
@@ -47,6 +49,7 @@ FIGURES = "figures"
 MAPS = "maps"
 SELFCHECK_JSON = "selfcheck.json"  # a GPU self-check folder's results (`nin_bench.run.gpu_session`)
 SELFCHECK_MD = "selfcheck.md"
+PACKING_JSON = "packing.json"  # the self-check folder's measurement of concurrent training runs on the device
 # What a run produces; a folder superseded by another config gives these up (the ignored .cache/ stays).
 GENERATED = (RECORDS, SUMMARY, CONFIG, MANIFEST, REPORT_MD, REPORT_HTML, TABLES_TEX, TABLES_CSV, MAPS, FIGURES)
 CACHE = ".cache"
@@ -123,10 +126,6 @@ class ResultsDir:
         return self.root / CACHE
 
     @property
-    def state(self) -> Path:
-        return self.cache / "state.json"
-
-    @property
     def lock_file(self) -> Path:
         return self.cache / "lock"
 
@@ -154,6 +153,11 @@ class ResultsDir:
     @property
     def selfcheck_md(self) -> Path:
         return self.root / SELFCHECK_MD
+
+    @property
+    def packing_json(self) -> Path:
+        """Aggregate img/s of 1 vs N concurrent training runs and the pack chosen (GPU self-check folder)."""
+        return self.root / PACKING_JSON
 
     def superseded(self) -> Path:
         """A new folder for results that another config or checkout made (they are kept, not deleted)."""
@@ -191,12 +195,21 @@ class ResultsDir:
         """A temp path to write `path` through (for writers that want a file name), renamed on success."""
         return atomic_target(path)
 
-    def read_state(self) -> dict[str, Any]:
-        """The run state (the resume fingerprint); {} when absent or unreadable."""
+    def read_config(self) -> dict[str, Any]:
+        """The resolved config the folder's records were measured under ({} when absent or unreadable)."""
         try:
-            return json.loads(self.state.read_text())
+            raw = yaml.safe_load(self.config.read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The folder's manifest.json ({} when absent or unreadable)."""
+        try:
+            raw = json.loads(self.manifest.read_text())
         except (OSError, json.JSONDecodeError):
             return {}
+        return raw if isinstance(raw, dict) else {}
 
     # ---- records ------------------------------------------------------------------------------------------
     def read_records(self) -> list[dict[str, Any]]:

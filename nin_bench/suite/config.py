@@ -27,13 +27,13 @@ from pydantic import (
 )
 
 from nin_bench.errors import ConfigError
+from nin_bench.store.schema import STAGES
 from nin_bench.suite import presets
 from nin_bench.suite.files import load_yaml, read_yaml, with_protocols
 from nin_bench.suite.machine import resolve_device
 
 __all__ = ["SuiteConfig", "load_config", "quick_shrink", "resolve_protocol", "validate"]
 
-STAGES = ("profile", "timing", "train")
 # The allowed names come from `nin_bench.suite.presets`; these views keep their old names.
 PRESETS = tuple(sorted(presets.REGISTRY))
 DATASETS = tuple(presets.DATASETS)
@@ -424,3 +424,26 @@ def resolve_protocol(cfg: SuiteConfig, *, cuda: bool, quick: bool = False, full:
     if quick:
         cfg, protocol = apply_overrides(cfg, {**quick_shrink(cfg), **cfg.quick, **last}, "quick"), "quick"
     return cfg.model_copy(update={"device": device}), protocol, device
+
+
+def upgrade_resolved(raw: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config written by an earlier version, in today's keys (a copy): `timing.threads` became the
+    run-level `threads`. What a results folder's `config.resolved.yaml` is read through before it is compared."""
+    out = copy.deepcopy(raw)
+    timing = out.get("timing")
+    if isinstance(timing, dict) and "threads" in timing:
+        out.setdefault("threads", timing.pop("threads"))
+    return out
+
+
+def config_of_folder(raw: dict[str, Any]) -> tuple[SuiteConfig, str] | None:
+    """The validated config and protocol a folder's `config.resolved.yaml` holds, or None when it is not a
+    resolved config of this version (absent, from an unknown version, or invalid)."""
+    raw = upgrade_resolved(raw)
+    protocol = raw.pop("protocol", None)
+    if not isinstance(protocol, str):
+        return None
+    try:
+        return SuiteConfig.model_validate(raw), protocol
+    except ValidationError:
+        return None

@@ -1,0 +1,147 @@
+"""The GPU batch's machinery on the CPU with real torch: seed-major plans, the deadline between timing settings,
+units that would not fit the budget not started, training packed on a process pool (the local executor's
+numbers, each unit recorded once) and the rehearsal of a whole call."""
+from __future__ import annotations
+
+import os
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from nin_bench.measure.ceilings import Ceilings
+from nin_bench.run import gpu_session as gs
+from nin_bench.run import runner, stages
+from nin_bench.run.budget import Budget, Tally
+from nin_bench.run.pool_executor import choose_pack, pack_slowdown
+from nin_bench.run.runner import completed, plan, run_suite
+from nin_bench.store.folder import ResultsDir
+from nin_bench.store.records import record_key
+from nin_bench.suite.config import resolve_protocol, validate
+from nin_bench.suite.variants import expand_grid
+
+needs_data = pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (../shared/data)")
+ABLATIONS = Path(__file__).parents[1] / "ablations"
+FIXED = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # handed in: the ceilings are not what these tests check
+RAW = {"name": "batch", "seeds": [0, 1], "stages": ["profile", "train"], "threads": 1,
+       "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
+       "grid": {"model.n_1x1": [0, 1]},
+       "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3,
+                  "layer_timing": False},
+       "train": {"epochs": 1, "subset": 600, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
+                 "augment": "none"}}
+
+
+def _cfg(**over):
+    return resolve_protocol(validate({**RAW, **over}), cuda=False)[0]
+
+
+def test_plan_is_variant_major_by_default_and_seed_major_on_request():
+    cfg = _cfg()
+    variants = expand_grid(cfg)
+    a, b = (v.id for v in variants)
+    as_labels = lambda units: [(u.variant.id, u.stage, u.seed) for u in units]  # noqa: E731
+    assert as_labels(plan(variants, cfg, set())) == [(a, "profile", None), (a, "train", 0), (a, "train", 1),
+                                                     (b, "profile", None), (b, "train", 0), (b, "train", 1)]
+    assert as_labels(plan(variants, cfg, {(b, "train", 0)}, order="seed")) == [
+        (a, "profile", None), (b, "profile", None), (a, "train", 0), (a, "train", 1), (b, "train", 1)]
+
+
+def test_a_timing_unit_cut_between_settings_records_nothing_and_runs_whole_next_time(monkeypatch, tmp_path):
+    cfg = _cfg(stages=["timing"], grid={"model.n_1x1": [0]})
+    clock = [time.time()]
+    monkeypatch.setattr(stages, "time", types.SimpleNamespace(time=lambda: clock[0]))  # the deadline's clock
+    real, calls = stages.time_model, []
+
+    def then_late(*args, **kw):
+        calls.append(kw["batch_size"])
+        clock[0] += 3600  # the first setting outlasts the budget
+        return real(*args, **kw)
+
+    monkeypatch.setattr(stages, "time_model", then_late)
+    tally, logs = Tally(), []
+    run_suite(cfg, tmp_path, protocol="cpu", progress=False, log=logs.append, ceilings=FIXED,
+              deadline=clock[0] + 60, tally=tally)
+    assert len(calls) == 1 and tally.left == 1 and tally.done == 0  # stopped before the second setting
+    assert ResultsDir(tmp_path).read_records() == []  # no half unit counted done
+    run_suite(cfg, tmp_path, protocol="cpu", progress=False, log=logs.append, ceilings=FIXED)
+    rows = [r for r in ResultsDir(tmp_path).read_records() if r["stage"] == "timing"]
+    assert len(rows) == 4 and completed(rows) == {(expand_grid(cfg)[0].id, "timing", None)}
+
+
+@needs_data
+def test_a_training_unit_estimated_past_the_deadline_is_not_started(tmp_path):
+    cfg = _cfg(stages=["train"], seeds=[0])
+    variants = expand_grid(cfg)
+    slow = tuple({"variant": v.id, "stage": "timing", "status": "ok", "mode": "train_step", "batch_size": 64,
+                  "dtype": "fp32", "channels_last": True, "compile": False, "img_per_s": 1.0} for v in variants)
+    tally, logs = Tally(), []
+    budget = Budget(time.time() + 120, extra_timing=slow)  # 600 images at 1 img/s: ~750 s estimated
+    run_suite(cfg, tmp_path, protocol="cpu", progress=False, log=logs.append, ceilings=FIXED, budget=budget,
+              tally=tally)
+    assert tally.skipped_budget == 2 and tally.done == 0
+    assert not [r for r in ResultsDir(tmp_path).read_records() if r["stage"].startswith("train")]
+    assert sum("skipped" in m and "would not finish" in m for m in logs) == 2
+
+
+@needs_data
+def test_the_process_pool_packs_two_runs_and_gives_the_local_numbers(tmp_path):
+    cfg = _cfg(stages=["train"], grid={"model.n_1x1": [1]})
+    local, pool = tmp_path / "local", tmp_path / "pool"
+    run_suite(cfg, local, protocol="cpu", progress=False, log=lambda m: None, ceilings=FIXED)
+    tally = Tally()
+    run_suite(cfg, pool, protocol="cpu", progress=False, log=lambda m: None, ceilings=FIXED, executor="pool",
+              pack=2, order="seed", tally=tally)
+
+    def accuracies(folder):
+        records = ResultsDir(folder).read_records()
+        assert len({record_key(r) for r in records}) == len(records)  # every record once
+        return {(r["variant"], r["seed"]): r["test_acc"] for r in records if r["stage"] == "train"}
+
+    assert len(accuracies(local)) == 2 and accuracies(pool) == accuracies(local)  # 1 thread: bit-identical
+    assert tally.done == 2
+
+
+def test_pack_choice_and_slowdown_follow_the_measurement():
+    trials = [{"pack": 1, "agg_img_per_s": 100.0}, {"pack": 2, "agg_img_per_s": 180.0},
+              {"pack": 4, "agg_img_per_s": 190.0}]
+    assert choose_pack(trials) == 2  # 4 gains under 15 % over 2
+    assert pack_slowdown({"trials": trials}, 2) == pytest.approx(2 / 1.8)
+    assert pack_slowdown(None, 3) == 3.0 and pack_slowdown(None, 1) == 1.0
+
+
+def test_a_failed_self_check_stops_what_depends_on_it():
+    timing, training = gs.STEPS[0], gs.STEPS[1]
+    assert gs.step_sets(training, {"train_resume": False}, False)[0] is None
+    assert gs.step_sets(timing, {"train_resume": False}, False)[0] == list(timing.sets)
+    sets, _ = gs.step_sets(timing, {"bf16": False}, False)
+    assert sets[-2:] == ["timing.dtypes=[fp32]", "train.dtype=fp32"]
+    with pytest.raises(Exception, match="unknown step 'nope'"):
+        gs.steps_named("head,nope")
+    assert [s.name for s in gs.steps_named(None)] == ["timing-one_by_one", "one_by_one", "head"]
+
+
+@needs_data
+def test_rehearsal_of_a_call_and_a_second_call_that_redoes_nothing(monkeypatch, tmp_path):
+    # shrunk further than REHEARSAL_SETS (one variant, one batch size), and the CPU's ceilings fixed (their
+    # measurement alone takes ~30 s on 2 cores): the test checks the batch's machinery, not the figures
+    monkeypatch.setattr(gs, "REHEARSAL_SETS", gs.REHEARSAL_SETS + (
+        "grid.model.n_1x1=[0]", "timing.batch_sizes=[8]", "train.subset=128", "seeds=[0,1]"))
+    monkeypatch.setattr(runner, "measure_ceilings", lambda *a, **k: FIXED)
+    logs: list[str] = []
+    t0 = time.time()
+    rc = gs.gpu_session(tmp_path, ABLATIONS, 240, logs.append, rehearse=True,
+                        steps="timing-one_by_one,one_by_one")
+    first_s = time.time() - t0
+    # timing step: profile + timing of one variant; training step: profile + two seeds (packed two at a time)
+    assert rc == 0 and logs[-1] == "units_done=5 units_skipped_budget=0", logs[-5:]
+    assert any(m.startswith("PASS train_resume") for m in logs)
+    assert (tmp_path / gs.SELFCHECK / "packing.json").exists()
+    assert len([m for m in logs if m.startswith("done") and " train s" in m]) == 2  # one line per unit
+    assert not (tmp_path / gs.SELFCHECK / ".cache" / "scratch").exists()  # the resume check's checkpoint is gone
+    logs.clear()
+    assert gs.gpu_session(tmp_path, ABLATIONS, 240, logs.append, rehearse=True,
+                          steps="timing-one_by_one,one_by_one") == 0
+    assert logs[-1] == "units_done=0 units_skipped_budget=0"
+    print(f"first call {first_s:.0f} s")
