@@ -12,7 +12,7 @@ import pytest
 
 from nin_bench.measure.ceilings import Ceilings
 from nin_bench.run import gpu_session as gs
-from nin_bench.run import runner, stages
+from nin_bench.run import stages
 from nin_bench.run.budget import Budget, Tally
 from nin_bench.run.pool_executor import choose_pack, pack_slowdown
 from nin_bench.run.runner import completed, plan, run_suite
@@ -122,26 +122,6 @@ def test_a_failed_self_check_stops_what_depends_on_it():
     assert [s.name for s in gs.steps_named(None)] == ["timing-one_by_one", "one_by_one", "head"]
 
 
-@needs_data
-def test_rehearsal_of_a_call_and_a_second_call_that_redoes_nothing(monkeypatch, tmp_path):
-    # shrunk further than REHEARSAL_SETS (one variant, one batch size), and the CPU's ceilings fixed (their
-    # measurement alone takes ~30 s on 2 cores): the test checks the batch's machinery, not the figures
-    monkeypatch.setattr(gs, "REHEARSAL_SETS", gs.REHEARSAL_SETS + (
-        "grid.model.n_1x1=[0]", "timing.batch_sizes=[8]", "train.subset=128", "seeds=[0,1]"))
-    monkeypatch.setattr(runner, "measure_ceilings", lambda *a, **k: FIXED)
-    logs: list[str] = []
-    t0 = time.time()
-    rc = gs.gpu_session(tmp_path, ABLATIONS, 240, logs.append, rehearse=True,
-                        steps="timing-one_by_one,one_by_one")
-    first_s = time.time() - t0
-    # timing step: profile + timing of one variant; training step: profile + two seeds (packed two at a time)
-    assert rc == 0 and logs[-1] == "units_done=5 units_skipped_budget=0", logs[-5:]
-    assert any(m.startswith("PASS train_resume") for m in logs)
-    assert (tmp_path / gs.SELFCHECK / "packing.json").exists()
-    assert len([m for m in logs if m.startswith("done") and " train s" in m]) == 2  # one line per unit
-    assert not (tmp_path / gs.SELFCHECK / ".cache" / "scratch").exists()  # the resume check's checkpoint is gone
-    logs.clear()
-    assert gs.gpu_session(tmp_path, ABLATIONS, 240, logs.append, rehearse=True,
-                          steps="timing-one_by_one,one_by_one") == 0
-    assert logs[-1] == "units_done=0 units_skipped_budget=0"
-    print(f"first call {first_s:.0f} s")
+# The whole batch in rehearsal mode, two calls with the second redoing nothing, is `bash scripts/gpu_rehearse.sh`
+# (minutes, too long for this suite): its parts are the tests above, tests/test_gpu_call.py and the runner's
+# resume-from-committed test (tests/test_runner.py).
