@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _require_ray(address: str | None = None) -> None:
     """Fail with one line when Ray, an optional extra, is not installed, Ray Client (grpcio) is missing for a
-    ray:// address, or nothing answers at the address (`ray_executor.probe`: within CONNECT_TIMEOUT_S)."""
+    ray:// address (an address that does not answer is `run_suite`'s to refuse, before it touches anything)."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
@@ -130,10 +130,6 @@ def _require_ray(address: str | None = None) -> None:
     if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
         raise UserError(f"--ray-address {address} needs Ray Client: pip install -e '.[ray]' "
                         "(or pip install 'ray[client]>=2.9')")
-    if address:  # before any data or results folder is touched: an address that does not answer is exit 2
-        from nin_bench.run.ray_executor import probe
-
-        probe(address)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -15,9 +15,9 @@ from nin_bench.run import gpu_session as gs
 from nin_bench.run import stages
 from nin_bench.run.budget import Budget, Tally
 from nin_bench.run.pool_executor import choose_pack, pack_slowdown
-from nin_bench.run.runner import completed, plan, run_suite
+from nin_bench.run.runner import plan, run_suite
 from nin_bench.store.folder import ResultsDir
-from nin_bench.store.records import record_key
+from nin_bench.store.records import completed, record_key
 from nin_bench.suite.config import resolve_protocol, validate
 from nin_bench.suite.variants import expand_grid
 

@@ -17,6 +17,7 @@ import pytest
 from nin_bench.errors import UserError
 from nin_bench.run import gpu_call
 from nin_bench.run.manifest import COMMIT_ENV, git_state
+from nin_bench.store.records import completed
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -226,7 +227,7 @@ def test_redone_units_are_the_second_calls_units_the_first_had_finished() -> Non
                                          _rec("v0", "train_epoch", 1, epoch=0), _rec("v0", "train", 1),
                                          _rec("v0", "train_epoch", 0, epoch=0), _rec("v0", "train", 0)],
               "results/gpu-head": [_rec("v0", "train", 0)]}  # another folder: another unit
-    assert gpu_call.finished_units(first["results/gpu-one_by_one"]) == {("v0", "profile", None), ("v0", "train", 0)}
+    assert completed(first["results/gpu-one_by_one"]) == {("v0", "profile", None), ("v0", "train", 0)}
     assert gpu_call.redone_units(first, second) == [("results/gpu-one_by_one", "v0", "train", 0)]
 
 

@@ -49,12 +49,6 @@ class Ceilings:
             self.measured_s += time.perf_counter() - t0
         return self.bytes_per_s
 
-    def manifest(self) -> dict[str, Any]:
-        """The manifest's view: `peak_tflops` per dtype, `mem_gb_per_s`, `ceilings_measured_s`."""
-        return {"peak_tflops": {d: f / 1e12 for d, f in self.peak_flops.items()},
-                "mem_gb_per_s": None if self.bytes_per_s is None else self.bytes_per_s / 1e9,
-                "ceilings_measured_s": round(self.measured_s, 2)}
-
 
 def measure_ceilings(device: str, dtypes: list[str], bandwidth: bool) -> Ceilings:
     """Measure the peak of every dtype in `dtypes` (and the bandwidth when `bandwidth`), once, for a run.

@@ -39,12 +39,10 @@ from nin_bench.store.folder import (
     SUMMARY,
 )
 from nin_bench.store.records import (
-    is_unit_failure,
-    latest_per_key,
+    completed,
     parse_jsonl,
     unit_key,
 )
-from nin_bench.store.schema import STAGES
 
 MIB = 2**20
 TREE_LIMIT_BYTES = 64 * MIB  # what may travel to the device machine, carried paths included
@@ -241,11 +239,6 @@ def unpack(parts: list[Path], repo: Path) -> list[Path]:
 
 
 # -------------------------------------------------------------------------------------- what a second call redid
-def finished_units(records: list[dict[str, Any]]) -> set[tuple]:
-    """(variant, stage, seed) of units whose final record is in (ok or diverged), as the runner counts them."""
-    return {unit_key(r) for r in latest_per_key(records) if r.get("stage") in STAGES and not is_unit_failure(r)}
-
-
 def archive_files(parts: list[Path]) -> dict[str, bytes]:
     """{member name: content} of a returned archive (whole or in parts), read in memory."""
     data = b"".join(p.read_bytes() for p in sorted(parts))
@@ -278,7 +271,7 @@ def redone_units(first: dict[str, list[dict[str, Any]]], second: dict[str, list[
         (folder, variant, stage, seed) of every unit the second call ran again.
     """
     return sorted((folder, *key) for folder, recs in second.items()
-                  for key in {unit_key(r) for r in recs} & finished_units(first.get(folder, [])))
+                  for key in {unit_key(r) for r in recs} & completed(first.get(folder, [])))
 
 
 # ---------------------------------------------------------------------------------------------------- plumbing
@@ -341,7 +334,7 @@ def _redone(a: argparse.Namespace) -> int:
     redone = redone_units(first, second)
     for unit in redone:
         print("redone: " + " ".join(str(x) for x in unit))
-    print(f"first_call_finished_units={sum(len(finished_units(r)) for r in first.values())}")
+    print(f"first_call_finished_units={sum(len(completed(r)) for r in first.values())}")
     print(f"second_call_ran_units={sum(len({unit_key(r) for r in recs}) for recs in second.values())}")
     print(f"second_call_redone_units={len(redone)}")
     return 0

@@ -130,7 +130,7 @@ def run_selfcheck(folder: Path, device: str, log: Log, *, names: tuple[str, ...]
     from nin_bench.store.folder import ResultsDir
 
     rd = ResultsDir(folder)
-    rows = json.loads(rd.selfcheck_json.read_text())["checks"] if rd.selfcheck_json.exists() else []
+    rows = rd.read_json(rd.selfcheck_json).get("checks", [])
     have = {r["name"] for r in rows}
     wanted = [n for n in (names or (DEFAULT_CHECKS if device == "cuda" else CPU_CHECKS)) if n not in have]
     for r in rows:
@@ -147,15 +147,8 @@ def run_selfcheck(folder: Path, device: str, log: Log, *, names: tuple[str, ...]
         rd.write(rd.selfcheck_md, f"# Self-check on {manifest['gpu_name'] or device}\n\n"
                  "| check | result | figure | detail |\n|---|---|---|---|\n" + table + "\n")
         rd.write(rd.selfcheck_json, json.dumps({"checks": rows}, indent=2) + "\n")
-        _drop_scratch(rd)
+        rd.clear_scratch()  # the resume check's checkpoint is scratch, never a result
     return {r["name"]: r["passed"] for r in rows}
-
-
-def _drop_scratch(rd: Any) -> None:
-    """The resume check's checkpoint is scratch, never a result: gone once the checks are recorded."""
-    import shutil
-
-    shutil.rmtree(rd.scratch, ignore_errors=True)
 
 
 def packing(folder: Path, device: str, asked: int | None, rehearse: bool, log: Log) -> dict[str, Any]:
@@ -171,7 +164,7 @@ def packing(folder: Path, device: str, asked: int | None, rehearse: bool, log: L
 
     rd = ResultsDir(folder)
     name = device_name(device)
-    kept = json.loads(rd.packing_json.read_text()) if rd.packing_json.exists() else None
+    kept = rd.read_json(rd.packing_json) or None
     if kept is not None and kept.get("device_name") != name:
         kept = None  # measured on another kind of device: says nothing about this one
     if asked is not None:
@@ -218,8 +211,9 @@ def load_step(step: Step, suites: Path, sets: list[str], rehearse: bool) -> tupl
 
 def pending_units(cfg: Any, folder: Path) -> int:
     """How many units of a step not reached before the deadline are still unrecorded (for the summary)."""
-    from nin_bench.run.runner import completed, plan
+    from nin_bench.run.runner import plan
     from nin_bench.store.folder import ResultsDir
+    from nin_bench.store.records import completed
     from nin_bench.suite.variants import expand_grid
 
     return len(plan(expand_grid(cfg), cfg, completed(ResultsDir(folder).read_records())))

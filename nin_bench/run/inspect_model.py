@@ -70,11 +70,10 @@ def _layer_timer(cfg: Any, batch: int | None, dtype: str, device: str) -> Callab
 
     from nin_bench.measure.ceilings import measure_ceilings, roofline
     from nin_bench.measure.layer_timing import format_layer_times, time_layers
-    from nin_bench.runtime.device import set_threads, steady_cpu_heap
+    from nin_bench.runtime.device import configure_process
 
     dev = resolve_device(device, torch.cuda.is_available(), asked_as="--device cuda")
-    set_threads(cfg.threads)
-    steady_cpu_heap()  # as a run has it: no page faults per step (device.steady_cpu_heap)
+    configure_process(cfg.threads)  # as a run has it: its threads, no page faults per step
     bs = batch or cfg.timing.reference_batch_size
     ceilings = measure_ceilings(dev, [dtype], bandwidth=True)
     peak, bandwidth = ceilings.peak(dtype), ceilings.bandwidth()

@@ -34,10 +34,9 @@ Admit = Callable[[Unit], bool]
 
 def _init_worker(threads: int | None) -> None:
     """Each worker process: the run's thread count and heap policy, as the driver's process has them."""
-    from nin_bench.runtime.device import set_threads, steady_cpu_heap
+    from nin_bench.runtime.device import configure_process
 
-    set_threads(threads)
-    steady_cpu_heap()
+    configure_process(threads)
 
 
 def _run_in_worker(unit: Unit, ctx: RunContext, known: list[dict[str, Any]]) -> UnitResult:

@@ -81,11 +81,10 @@ def run_unit_task(unit: Unit, ctx: RunContext, known: list[dict[str, Any]],
     """
     import ray
 
-    from nin_bench.runtime.device import set_threads, steady_cpu_heap
+    from nin_bench.runtime.device import configure_process
 
     ctx.check_deadline()  # a task that waited in Ray's queue past the budget does not start
-    set_threads(threads)
-    steady_cpu_heap()  # as the driver's process has it (see there)
+    configure_process(threads)  # as the driver's process has it
     ctx.datasets = _WORKER_DATASETS
     try:
         result = run_unit(unit, ctx, known)
@@ -167,8 +166,7 @@ def _start(address: str | None, threads: int, log: Callable[[str], None]) -> boo
         ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
                  include_dashboard=False, log_to_driver=True)
     else:
-        probe(address)
-        try:
+        try:  # the address was probed by `run_suite` before anything was touched
             ray.init(address=address, log_to_driver=True, runtime_env=job_runtime_env())
         except Exception as exc:  # noqa: BLE001  (Ray's errors here are many and long: one line at the boundary)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

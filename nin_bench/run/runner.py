@@ -3,9 +3,10 @@
 The runner is the only writer of its results folder, and holds the folder's lock for the whole run. Each
 finished unit's records are appended in one crash-safe batch (`ResultsDir.append_records`) before the training
 checkpoint it supersedes is deleted, so a kill at any instant loses at most the unit in progress, which the same
-command resumes from its last epoch. A folder whose records were made elsewhere (committed results on a fresh
-clone, a copied folder) or under another config/protocol is not resumed: its files are moved to
-`.cache/superseded-<time>/` and everything is measured afresh.
+command resumes from its last epoch. Whether a folder is continued is read from its own files (`prepare_out_dir`:
+the resolved config and the manifest's device name), so committed results continue on the same kind of device;
+records made under another config, protocol or device are moved to `.cache/superseded-<time>/` and everything
+is measured afresh.
 """
 from __future__ import annotations
 
@@ -22,15 +23,14 @@ from nin_bench.measure.ceilings import Ceilings, measure_ceilings
 from nin_bench.run.budget import Budget, Tally, fits
 from nin_bench.run.manifest import build_manifest, device_name
 from nin_bench.run.stages import DeadlineReached, RunContext, Unit, UnitResult, run_unit
-from nin_bench.runtime.device import set_threads, steady_cpu_heap
+from nin_bench.runtime.device import configure_process
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import (
+    completed,
     is_unit_failure,
     latest_per_key,
-    unit_key,
     variant_records,
 )
-from nin_bench.store.schema import STAGES
 from nin_bench.suite.config import SuiteConfig, config_of_folder
 from nin_bench.suite.variants import Variant, expand_grid
 
@@ -58,11 +58,11 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device_name: str, log: Log) -> None
     if not rd.generated():
         return
     theirs = config_of_folder(rd.read_config())
+    same_config = theirs is not None and fingerprint(*theirs) == fp
     their_device = rd.read_manifest().get("device_name")
-    if theirs is not None and fingerprint(*theirs) == fp and their_device == device_name:
+    if same_config and their_device == device_name:
         return
-    why = (f"another device ({their_device})" if theirs is not None and fingerprint(*theirs) == fp
-           else "another config or protocol")
+    why = f"another device ({their_device})" if same_config else "another config or protocol"
     dest = rd.supersede()
     log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
 
@@ -89,12 +89,6 @@ def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str
     elif order != "variant":
         raise ValueError(f"plan order {order!r}; expected 'variant' or 'seed'")
     return units
-
-
-def completed(records: list[dict[str, Any]]) -> set[tuple]:
-    """Keys of units whose final record is in: ok or diverged (a unit that failed as a whole runs again;
-    a timing setting that failed, e.g. out of memory, is a result and does not)."""
-    return {unit_key(r) for r in latest_per_key(records) if r.get("stage") in STAGES and not is_unit_failure(r)}
 
 
 def remove_stale_checkpoints(rd: ResultsDir, done: set[tuple]) -> None:
@@ -207,6 +201,10 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
     Raises:
         FolderBusy: another process is running in this folder.
     """
+    if executor == "ray" and ray_address:  # an address that does not answer: one line before anything is touched
+        from nin_bench.run.ray_executor import probe
+
+        probe(ray_address)
     rd = ResultsDir(out_dir)
     budget = budget or Budget(deadline)
     deadline = budget.deadline
@@ -214,8 +212,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
     with rd.lock("run", log):
         if cuda_fallback:
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
-        threads = set_threads(cfg.threads)
-        heap = steady_cpu_heap()
+        threads, heap = configure_process(cfg.threads)
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
         prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device_name, log)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,

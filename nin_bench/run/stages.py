@@ -166,8 +166,8 @@ def run_timing(variant: Variant, ctx: RunContext, flops: dict[str, float]) -> li
     """Throughput over every timing setting (one row each; an error row where a setting fails, e.g. OOM), and the
     per-layer time of each eager forward setting at `timing.layer_timing_batch_sizes` (stage "layer_timing").
 
-    The MFU reference peaks are measured before any row, outside the per-row error handling: a failure there
-    fails the unit, it is not one setting's result. Layer timing runs right after the forward row of its setting,
+    The MFU reference peaks come from the run's ceilings (measured once per run, or here on first use), outside
+    the per-row error handling: a failure there fails the unit, it is not one setting's result. Layer timing runs right after the forward row of its setting,
     so the layers' sum and the end-to-end median it is compared with see the same machine state.
 
     Args:

@@ -220,3 +220,13 @@ def set_threads(threads: int | None = None) -> int:
     """
     torch.set_num_threads(threads if threads is not None else (os.cpu_count() or 1))
     return torch.get_num_threads()
+
+
+def configure_process(threads: int | None) -> tuple[int, str | None]:
+    """What every process that runs units sets first (the driver, a Ray worker, a pool worker): the run's thread
+    count (`set_threads`) and the steady CPU heap (`steady_cpu_heap`), so all of them measure alike.
+
+    Returns:
+        (the thread count torch now uses, the heap description for the manifest or None).
+    """
+    return set_threads(threads), steady_cpu_heap()

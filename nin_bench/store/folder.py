@@ -4,7 +4,7 @@ Layout (the committed part, then the git-ignored `.cache/`):
 
     records.jsonl  summary.csv  config.resolved.yaml  manifest.json  report.md  report.html  tables.csv
     tables.tex  figures/  maps/
-    .cache/lock  .cache/append.journal  .cache/checkpoints/  .cache/superseded-<time>/
+    .cache/lock  .cache/append.journal  .cache/checkpoints/  .cache/scratch/  .cache/superseded-<time>/
 
 Appends are atomic per batch of records: the byte range a batch will occupy is written to a journal before
 the batch, so a run killed at any instant (even inside the append) leaves either the whole batch, which the
@@ -205,11 +205,19 @@ class ResultsDir:
 
     def read_manifest(self) -> dict[str, Any]:
         """The folder's manifest.json ({} when absent or unreadable)."""
+        return self.read_json(self.manifest)
+
+    def read_json(self, path: Path) -> dict[str, Any]:
+        """One JSON object file of this folder (manifest, self-check, packing); {} when absent or unreadable."""
         try:
-            raw = json.loads(self.manifest.read_text())
+            raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return {}
         return raw if isinstance(raw, dict) else {}
+
+    def clear_scratch(self) -> None:
+        """Drop the scratch files (never results: e.g. the self-check's resume checkpoint)."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     # ---- records ------------------------------------------------------------------------------------------
     def read_records(self) -> list[dict[str, Any]]:

@@ -95,3 +95,9 @@ def error_text(exc: BaseException) -> str:
 def variant_records(records: list[dict[str, Any]], variant_id: str) -> list[dict[str, Any]]:
     """The successful records of one variant (what a later stage of it may reuse: FLOPs, timing rows)."""
     return [r for r in records if r.get("variant") == variant_id and r.get("status") == "ok"]
+
+
+def completed(records: list[dict[str, Any]]) -> set[tuple]:
+    """Keys (`unit_key`) of units whose final record is in: ok or diverged (a unit that failed as a whole runs
+    again; a timing setting that failed, e.g. out of memory, is a result and does not)."""
+    return {unit_key(r) for r in latest_per_key(records) if r.get("stage") in STAGES and not is_unit_failure(r)}
