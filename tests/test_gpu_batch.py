@@ -12,8 +12,10 @@ import pytest
 
 from nin_bench.measure.ceilings import Ceilings
 from nin_bench.run import gpu_session as gs
-from nin_bench.run import stages
+from nin_bench.measure import timing
+from nin_bench.run import unit as unit_mod
 from nin_bench.run.budget import Budget, Tally
+from nin_bench.run.timing_stage import timing_settings
 from nin_bench.run.pool_executor import choose_pack, pack_slowdown
 from nin_bench.run.runner import plan, run_suite
 from nin_bench.store.folder import ResultsDir
@@ -48,26 +50,33 @@ def test_plan_is_variant_major_by_default_and_seed_major_on_request():
         (a, "profile", None), (b, "profile", None), (a, "train", 0), (a, "train", 1), (b, "train", 1)]
 
 
-def test_a_timing_unit_cut_between_settings_records_nothing_and_runs_whole_next_time(monkeypatch, tmp_path):
-    cfg = _cfg(stages=["timing"], grid={"model.n_1x1": [0]})
+def test_a_timing_unit_cut_by_the_deadline_keeps_its_rounds_and_goes_on_next_time(monkeypatch, tmp_path):
+    cfg = _cfg(stages=["timing"], grid={"model.n_1x1": [0, 1]})
     clock = [time.time()]
-    monkeypatch.setattr(stages, "time", types.SimpleNamespace(time=lambda: clock[0]))  # the deadline's clock
-    real, calls = stages.time_model, []
+    monkeypatch.setattr(unit_mod, "time", types.SimpleNamespace(time=lambda: clock[0]))  # the deadline's clock
+    real, windows = timing.Contender.window, []
 
-    def then_late(*args, **kw):
-        calls.append(kw["batch_size"])
-        clock[0] += 3600  # the first setting outlasts the budget
-        return real(*args, **kw)
+    def then_late(self, repeats):
+        windows.append(self.setting.batch_size)
+        if len(windows) == 2:
+            clock[0] += 3600  # the first round of the first setting outlasts the budget
+        return real(self, repeats)
 
-    monkeypatch.setattr(stages, "time_model", then_late)
-    tally, logs = Tally(), []
+    monkeypatch.setattr(timing.Contender, "window", then_late)
+    tally, logs, rd = Tally(), [], ResultsDir(tmp_path)
     run_suite(cfg, tmp_path, protocol="cpu", progress=False, log=logs.append, ceilings=FIXED,
               deadline=clock[0] + 60, tally=tally)
-    assert len(calls) == 1 and tally.left == 1 and tally.done == 0  # stopped before the second setting
-    assert ResultsDir(tmp_path).read_records() == []  # no half unit counted done
+    assert len(windows) == 2 and tally.left == 1 and tally.done == 0  # stopped after round 0 of setting 1
+    assert rd.read_records() == [] and len(rd.timing_checkpoints()) == 1  # the round is kept, not recorded
     run_suite(cfg, tmp_path, protocol="cpu", progress=False, log=logs.append, ceilings=FIXED)
-    rows = [r for r in ResultsDir(tmp_path).read_records() if r["stage"] == "timing"]
-    assert len(rows) == 4 and completed(rows) == {(expand_grid(cfg)[0].id, "timing", None)}
+    rounds = cfg.timing.rounds
+    settings = len(timing_settings(cfg.timing))
+    assert len(windows) == 2 * rounds * settings  # the first round was not measured again
+    records = rd.read_records()
+    assert len([r for r in records if r["stage"] == "timing"]) == 2 * settings
+    assert len([r for r in records if r["stage"] == "timing_round"]) == 2 * rounds * settings
+    assert completed(records) == {(v.id, "timing", None) for v in expand_grid(cfg)}
+    assert rd.timing_checkpoints() == []
 
 
 @needs_data

@@ -17,9 +17,10 @@ import torch
 from nin_bench.measure.ceilings import Ceilings
 from nin_bench.measure.timing import time_model
 from nin_bench.models.nin import GlobalMeanPool, build_model, deterministic_gap
-from nin_bench.run import stages
+from nin_bench.run import timing_stage
 from nin_bench.run.manifest import build_manifest
-from nin_bench.run.stages import RunContext, run_timing
+from nin_bench.run.timing_stage import run_timing
+from nin_bench.run.unit import RunContext
 from nin_bench.runtime import compiled, device
 from nin_bench.runtime.train_step import grad_scaler, train_step
 from nin_bench.store.folder import ResultsDir
@@ -79,15 +80,16 @@ def test_a_failed_compiled_setting_is_an_error_row_and_the_sweep_goes_on(eager_b
                                "warmup": 1, "repeats": 3, "layer_timing": False}})
     cfg, protocol, _ = resolve_protocol(cfg, cuda=False)
     variant = expand_grid(cfg)[0]
-    real = stages.time_model
+    real = timing_stage.Contender
 
-    def flaky(*args, **kw):
-        if kw["compile"]:
+    def flaky(model, shape, device, setting, *args):
+        if setting.compile:
             raise torch._dynamo.exc.FailOnRecompileLimitHit("Hard failure due to fail_on_recompile_limit_hit")
-        return real(*args, **kw)
+        return real(model, shape, device, setting, *args)
 
-    monkeypatch.setattr(stages, "time_model", flaky)
-    rows = run_timing(variant, RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol, ceilings=FIXED), {"forward": 1.0})
+    monkeypatch.setattr(timing_stage, "Contender", flaky)
+    ctx = RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol, ceilings=FIXED)
+    rows = [r for r in run_timing([variant], ctx, {variant.id: {"forward": 1.0}}) if r["stage"] == "timing"]
     compiled_rows = [r for r in rows if r["compile"]]
     # compiled rows run at the reference batch only: 2 modes x 1 batch; eager rows at both batches
     assert [(r["mode"], r["batch_size"]) for r in compiled_rows] == [("forward", 4), ("train_step", 4)]
@@ -101,18 +103,20 @@ def test_oom_rows_name_their_kind_and_the_next_setting_runs(monkeypatch, tmp_pat
             "batch_sizes": [2, 4], "reference_batch_size": 4, "modes": ["forward"], "warmup": 1, "repeats": 3,
             "layer_timing": False}}),
         cuda=False)
-    real = stages.time_model
+    real = timing_stage.Contender
 
-    def oom_at_2(*args, **kw):
-        if kw["batch_size"] == 2:  # as torch.compile delivers it: a kernel's OOM inside a backend error
+    def oom_at_2(model, shape, device, setting, *args):
+        if setting.batch_size == 2:  # as torch.compile delivers it: a kernel's OOM inside a backend error
             try:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
             except torch.cuda.OutOfMemoryError as inner:
                 raise RuntimeError("backend compiler failed") from inner
-        return real(*args, **kw)
+        return real(model, shape, device, setting, *args)
 
-    monkeypatch.setattr(stages, "time_model", oom_at_2)
-    rows = run_timing(expand_grid(cfg)[0], RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol, ceilings=FIXED), {})
+    monkeypatch.setattr(timing_stage, "Contender", oom_at_2)
+    variant = expand_grid(cfg)[0]
+    ctx = RunContext(ResultsDir(tmp_path), "cpu", "cpu", protocol, ceilings=FIXED)
+    rows = [r for r in run_timing([variant], ctx, {variant.id: {}}) if r["stage"] == "timing"]
     assert [(r["batch_size"], r["status"], r.get("error_kind")) for r in rows] == [(2, "error", "oom"),
                                                                                   (4, "ok", None)]
 
@@ -242,7 +246,7 @@ def test_steady_cpu_heap_on_glibc():
 
 
 def test_compiled_rows_alone_cover_every_batch_beside_eager_only_the_reference():
-    from nin_bench.run.stages import timing_settings
+    from nin_bench.run.timing_stage import timing_settings
     from nin_bench.suite.config import TimingSettings
 
     both = TimingSettings(batch_sizes=[1, 8, 32], reference_batch_size=8, compile=[False, True], modes=["forward"])

@@ -88,7 +88,7 @@ def test_forward_runs_in_eval_and_inference_mode() -> None:
         lambda m, i, o: flags.append((m.training, torch.is_inference_mode_enabled(), o.requires_grad))
     )
     time_model(model, SHAPE, mode="forward", batch_size=2, device="cpu", warmup=1, repeats=3)
-    assert flags == [(False, True, False)] * 4  # warm-up + repeats, all eval, inference mode, no graph
+    assert flags == [(False, True, False)] * 6  # warm-up, 2 memory iterations, repeats: eval, inference, no graph
     assert model.training  # the caller's model keeps its mode
 
 
@@ -150,3 +150,58 @@ def test_set_threads_sets_and_returns() -> None:
         assert set_threads(None) == torch.get_num_threads() >= 1
     finally:
         torch.set_num_threads(old)
+
+
+# ---- interleaved rounds -------------------------------------------------------------------------------------
+
+
+def test_summarise_rounds_takes_the_median_of_round_medians_and_pools_the_quartiles():
+    stats = timing.summarise_rounds([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [10.0, 10.0, 10.0]], batch_size=10)
+    # round medians 2, 4, 10; pooled, sorted: 1 2 2 3 4 6 10 10 10 (inclusive quartiles at positions 2, 4, 6)
+    assert stats["ms_median"] == 4.0 and stats["img_per_s"] == 2500.0 and stats["rounds"] == 3
+    assert (stats["round_ms_min"], stats["round_ms_max"], stats["round_spread_pct"]) == (2.0, 10.0, 200.0)
+    assert (stats["ms_p25"], stats["ms_p75"], stats["ms_iqr"], stats["ms_min"]) == (2.0, 10.0, 8.0, 1.0)
+
+
+def test_round_orders_are_permutations_fixed_by_the_seed_and_shuffled_per_round():
+    keys = ["a", "b", "c"]
+    orders = [timing.round_order(keys, seed=0, round_index=r, salt="s") for r in range(8)]
+    assert all(sorted(o) == keys for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # not one order for every round
+    assert orders == [timing.round_order(keys, seed=0, round_index=r, salt="s") for r in range(8)]
+    assert orders != [timing.round_order(keys, seed=1, round_index=r, salt="s") for r in range(8)]
+
+
+class _Fake:
+    """A contender whose window records the call and returns fixed times (or fails)."""
+
+    def __init__(self, name: str, calls: list[str], fail_at: int | None = None) -> None:
+        self.name, self.calls, self.fail_at = name, calls, fail_at
+
+    def window(self, repeats: int) -> list[float]:
+        self.calls.append(self.name)
+        if self.fail_at is not None and self.calls.count(self.name) > self.fail_at:
+            raise RuntimeError("out of memory")
+        return [1.0] * repeats
+
+    def close(self) -> None:
+        pass
+
+
+def test_interleave_runs_every_round_in_its_recorded_order_from_the_start_round():
+    calls: list[str] = []
+    seen: list[tuple[int, list[str]]] = []
+    fakes = {k: _Fake(k, calls) for k in "abc"}
+    timing.interleave(fakes, repeats=2, rounds=5, seed=3, salt="x", start=2,
+                      on_round=lambda r, times, order: seen.append((r, order)))
+    expected = [timing.round_order(["a", "b", "c"], 3, r, "x") for r in (2, 3, 4)]
+    assert seen == list(zip((2, 3, 4), expected)) and calls == [k for o in expected for k in o]
+
+
+def test_interleave_drops_a_contender_whose_window_fails_and_goes_on():
+    calls: list[str] = []
+    fakes = {"a": _Fake("a", calls), "b": _Fake("b", calls, fail_at=1)}
+    failed, timed = [], []
+    timing.interleave(fakes, repeats=1, rounds=3, seed=0, on_round=lambda r, t, o: timed.append(sorted(t)),
+                      on_fail=lambda key, exc: (failed.append(key), fakes.pop(key)))
+    assert failed == ["b"] and timed == [["a", "b"], ["a"], ["a"]]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nin_bench.measure.timing import _INPUT_SEED, iteration_times_ms, sync
+from nin_bench.measure.timing import INPUT_SEED, iteration_times_ms, sync
 from nin_bench.runtime.device import matmul_precision_like_convs
 from nin_bench.runtime.train_step import DTYPES
 
@@ -89,7 +89,7 @@ def matmul_peak_flops(device: str | torch.device, dtype: str = "fp32", n: int | 
     device = torch.device(device)
     cuda = device.type == "cuda"
     n = n if n is not None else (8192 if cuda else 4096)
-    gen = torch.Generator().manual_seed(_INPUT_SEED)
+    gen = torch.Generator().manual_seed(INPUT_SEED)
     a = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
     b = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
     precision = matmul_precision_like_convs() if cuda and dtype == "fp32" else contextlib.nullcontext()

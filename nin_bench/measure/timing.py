@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import dataclasses
+import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,9 +23,10 @@ from torch import nn
 
 from nin_bench.runtime.compiled import (
     check_compiled,
-    compile_fresh,
+    compile_shared,
     compile_stats,
     no_eager_fallback,
+    reset_compiled,
 )
 from nin_bench.runtime.device import (
     configure_cuda,
@@ -40,7 +44,9 @@ from nin_bench.runtime.train_step import (
 
 MODES = ("forward", "train_step")
 _MIB = 2**20
-_INPUT_SEED = 0  # fixed so every row of a sweep times the same batch
+INPUT_SEED = 0  # fixed so every row of a sweep times the same batch
+# Iterations after the warm-up over which a contender's peak memory is read (CUDA: the autotuning is done by then).
+_MEMORY_ITERS = 2
 
 
 def sync(device: torch.device) -> None:
@@ -91,17 +97,19 @@ def _cpu_status_kb(field: str) -> int | None:
 
 
 class _PeakMemory:
-    """Peak memory around a block: CUDA max_memory_allocated, or the rise of the process's RSS high-water mark."""
+    """Peak memory of one contender: on CUDA the peak allocated after its warm-up less what was allocated before
+    its copy existed; on the CPU the rise of the process's RSS high-water mark from before its copy."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.rss_kb: int | None = None
+        self.base_bytes = 0
 
     def start(self) -> None:
-        """Reset the peak counters before the model copy is made, so the copy, batch and work are all counted."""
+        """Note where memory stands before the model copy is made, so the copy, batch and work are all counted."""
         if self.device.type == "cuda":
             sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base_bytes = torch.cuda.memory_allocated(self.device)
             return
         with contextlib.suppress(OSError, AttributeError):
             # Hand freed heap back to the OS first; otherwise pages a previous row freed are reused without
@@ -114,14 +122,23 @@ class _PeakMemory:
             return
         self.rss_kb = _cpu_status_kb("VmRSS")
 
+    def after_warmup(self) -> None:
+        """On CUDA, start the peak here: the warm-up's cuDNN autotuning tries algorithms with workspaces the
+        timed iterations never hold (torch.backends.cudnn.benchmark), and those would be the peak otherwise."""
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
     def stop(self) -> tuple[float | None, str]:
-        """Read the peak since `start`.
+        """Read the peak since `start` (CUDA: since `after_warmup`).
 
         Returns:
-            (peak MiB, method): CUDA absolute peak allocated; CPU peak RSS minus RSS at start; (None, "unavailable").
+            (peak MiB, method), or (None, "unavailable").
         """
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / _MIB, "cuda_max_memory_allocated"
+            sync(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - self.base_bytes
+            return peak / _MIB, "cuda_max_allocated_after_warmup"
         hwm_kb = _cpu_status_kb("VmHWM")
         if self.rss_kb is None or hwm_kb is None:
             return None, "unavailable"
@@ -132,7 +149,7 @@ def _make_batch(
     input_shape: tuple[int, ...], batch_size: int, num_classes: int, device: torch.device, channels_last: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fixed random batch (inputs stay fp32: autocast casts them, as in a real AMP loop)."""
-    gen = torch.Generator().manual_seed(_INPUT_SEED)
+    gen = torch.Generator().manual_seed(INPUT_SEED)
     x = torch.randn(batch_size, *input_shape, generator=gen).to(device)
     y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
     if channels_last:
@@ -143,7 +160,7 @@ def _make_batch(
 def _make_iteration(
     model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: str
 ) -> Callable[[], Any]:
-    """The work of one timed iteration: a forward pass (eval) or one `steps.train_step` with SGD (train).
+    """The work of one timed iteration: a forward pass (eval) or one `train_step` with SGD (train).
 
     Args:
         model: the device copy (possibly compiled).
@@ -186,6 +203,30 @@ def _summarise(times_ms: list[float], batch_size: int) -> dict[str, float]:
     }
 
 
+def summarise_rounds(rounds_ms: list[list[float]], batch_size: int) -> dict[str, float]:
+    """A row's figures from its rounds: the median over rounds of each round's median (`ms_median`, `img_per_s`),
+    the per-iteration quartiles and minimum of all rounds pooled, and the spread of the round medians.
+
+    Args:
+        rounds_ms: per round, the per-iteration times (ms) of its timing window.
+        batch_size: images per iteration.
+    """
+    medians = [statistics.median(r) for r in rounds_ms]
+    median = statistics.median(medians)
+    pooled = _summarise([t for r in rounds_ms for t in r], batch_size)
+    return {**pooled, "ms_median": median, "img_per_s": batch_size / (median / 1e3), "rounds": len(rounds_ms),
+            "round_ms_min": min(medians), "round_ms_max": max(medians),
+            "round_spread_pct": 100.0 * (max(medians) - min(medians)) / median}
+
+
+def round_order(keys: list[str], seed: int, round_index: int, salt: str = "") -> list[str]:
+    """The order the contenders run in one round: `keys` shuffled by a generator seeded from (seed, salt, round),
+    so every round's order is fixed by the recorded seed and a resumed run repeats it."""
+    order = list(keys)
+    random.Random(f"{seed}:{salt}:{round_index}").shuffle(order)
+    return order
+
+
 def _first_call_s(fn: Callable[[], Any], device: torch.device) -> float:
     """Wall time of one call, synchronised (the compile happens inside the first call of a compiled model)."""
     sync(device)
@@ -195,44 +236,109 @@ def _first_call_s(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _measure(
-    model: nn.Module, input_shape: tuple[int, ...], device: torch.device, opts: dict[str, Any]
-) -> dict[str, Any]:
-    """The protocol itself; `time_model` documents the arguments (opts holds its keyword options)."""
-    cuda_settings = configure_cuda(deterministic=False) if device.type == "cuda" else {"cudnn_benchmark": None}
-    memory = _PeakMemory(device)
-    memory.start()
-    net = copy.deepcopy(model).to(device)  # a copy: train_step would otherwise change the caller's weights
-    if opts["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    x, y = _make_batch(input_shape, opts["batch_size"], opts["num_classes"], device, opts["channels_last"])
-    if opts["compile"]:
-        net = compile_fresh(net)  # shares the copy's parameters, so the optimizer below steps the same weights
-    fn = _make_iteration(net, opts["mode"], x, y, device, opts["dtype"])
-    grad_mode = torch.inference_mode() if opts["mode"] == "forward" else contextlib.nullcontext()
-    compiled: dict[str, Any] = {"compiled_graphs": None, "graph_breaks": None}
-    with grad_mode, (no_eager_fallback() if opts["compile"] else contextlib.nullcontext()):
-        compile_s = _first_call_s(fn, device) if opts["compile"] else None
-        if opts["compile"]:
-            compiled = compile_stats()
-            check_compiled(compiled)
-        for _ in range(opts["warmup"]):
-            fn()
-        times_ms = iteration_times_ms(fn, device, opts["repeats"])
-    peak_mem_mb, peak_mem_method = memory.stop()
-    return {
-        **{k: opts[k] for k in ("mode", "batch_size", "dtype", "channels_last", "compile")},
-        "threads": torch.get_num_threads(),
-        "warmup": opts["warmup"],
-        "repeats": opts["repeats"],
-        **_summarise(times_ms, opts["batch_size"]),
-        "peak_mem_mb": peak_mem_mb,
-        "peak_mem_method": peak_mem_method,
-        "compile_s": compile_s,
-        **compiled,
-        "cudnn_benchmark": cuda_settings["cudnn_benchmark"],
-        "fp32_conv_precision": fp32_precision("conv") if device.type == "cuda" else None,
-    }
+@dataclass(frozen=True)
+class Setting:
+    """One timing setting: what tells two rows of one model apart (`schema.SETTING_KEYS`)."""
+
+    mode: str
+    batch_size: int
+    dtype: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES or self.dtype not in DTYPES:
+            raise ValueError(f"timing setting: mode={self.mode!r} (allowed {MODES}), dtype={self.dtype!r} "
+                             f"(allowed {sorted(DTYPES)})")
+
+
+class Contender:
+    """One model made ready to be timed in a setting: its device copy, fixed batch, compile and warm-up done.
+
+    Preparing runs the first call (the compile, when compiling), `warmup` untimed iterations, and measures the
+    peak memory: on CUDA the peak allocated during `_MEMORY_ITERS` iterations *after* the warm-up (cuDNN's
+    autotuning workspace is not the model's), minus what was allocated before this copy existed (other contenders
+    stay resident); on the CPU the rise of the process's RSS high-water mark over the copy, warm-up and those
+    iterations. `window(repeats)` then times `repeats` iterations, as often as the rounds ask.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: torch.device, setting: Setting,
+                 warmup: int, num_classes: int = 10) -> None:
+        self.device, self.setting = device, setting
+        cuda_settings = configure_cuda(deterministic=False) if device.type == "cuda" else {"cudnn_benchmark": None}
+        memory = _PeakMemory(device)
+        memory.start()
+        net = copy.deepcopy(model).to(device)  # a copy: train_step would otherwise change the caller's weights
+        if setting.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        x, y = _make_batch(input_shape, setting.batch_size, num_classes, device, setting.channels_last)
+        before = compile_stats() if setting.compile else None
+        if setting.compile:
+            net = compile_shared(net)  # shares the copy's parameters, so the optimizer steps the same weights
+        self.fn = _make_iteration(net, setting.mode, x, y, device, setting.dtype)
+        compiled: dict[str, Any] = {"compiled_graphs": None, "graph_breaks": None}
+        compile_s = None
+        with self._grad_mode():
+            if setting.compile:
+                compile_s = _first_call_s(self.fn, device)
+                compiled = {k: v - before[k] for k, v in compile_stats().items()}
+                check_compiled(compiled)
+            for _ in range(warmup):
+                self.fn()
+            memory.after_warmup()
+            for _ in range(_MEMORY_ITERS):
+                self.fn()
+        peak_mem_mb, peak_mem_method = memory.stop()
+        self.info: dict[str, Any] = {
+            "threads": torch.get_num_threads(), "warmup": warmup, "peak_mem_mb": peak_mem_mb,
+            "peak_mem_method": peak_mem_method, "compile_s": compile_s, **compiled,
+            "cudnn_benchmark": cuda_settings["cudnn_benchmark"],
+            "fp32_conv_precision": fp32_precision("conv") if device.type == "cuda" else None,
+        }
+
+    def _grad_mode(self) -> contextlib.AbstractContextManager:
+        return torch.inference_mode() if self.setting.mode == "forward" else contextlib.nullcontext()
+
+    def window(self, repeats: int) -> list[float]:
+        """Per-iteration times (ms) of `repeats` timed iterations (one round's timing window)."""
+        with self._grad_mode():
+            return iteration_times_ms(self.fn, self.device, repeats)
+
+    def close(self) -> None:
+        """Drop the device copy, its batch and optimizer (the next setting's contenders need the memory)."""
+        self.fn = None
+
+
+def interleave(contenders: dict[str, Contender], *, repeats: int, rounds: int, seed: int, salt: str = "",
+               start: int = 0, on_round: Callable[[int, dict[str, list[float]], list[str]], None] | None = None,
+               on_fail: Callable[[str, BaseException], None] | None = None) -> None:
+    """Time the contenders in rounds: each round times every contender for one window of `repeats` iterations,
+    back to back, in an order shuffled per round (`round_order`), so a slow spell of the machine lands on all of
+    them alike and their per-round times pair.
+
+    Args:
+        contenders: key -> prepared contender (all of one setting); a failed one is removed by `on_fail`.
+        repeats: timed iterations per window.
+        rounds: total rounds.
+        seed: the recorded seed of the round orders.
+        salt: what else fixes the orders (the setting), so two settings do not share one order.
+        start: the first round to run (rounds before it were measured by an earlier, interrupted run).
+        on_round: called after each round with (round index, key -> that round's per-iteration ms, the order).
+        on_fail: called with (key, exception) when a contender's window fails (it must drop that contender);
+            None: the exception propagates.
+    """
+    for r in range(start, rounds):
+        order = round_order(sorted(contenders), seed, r, salt)
+        times = {}
+        for key in order:
+            try:
+                times[key] = contenders[key].window(repeats)
+            except Exception as exc:
+                if on_fail is None:
+                    raise
+                on_fail(key, exc)
+        if on_round is not None:
+            on_round(r, times, [k for k in order if k in times])
 
 
 def time_model(
@@ -249,20 +355,23 @@ def time_model(
     repeats: int = 20,
     num_classes: int = 10,
 ) -> dict[str, Any]:
-    """Time a forward pass or a training step of a copy of `model` on one fixed random batch.
+    """Time a forward pass or a training step of a copy of `model` on one fixed random batch (one window).
+
+    The same protocol as a suite's rounds (`Contender`, `interleave`), for one model and one round: what
+    `inspect`, the self-check and a training run's reference throughput use.
 
     Args:
         model: the network; it is deep-copied, so its weights and device are left untouched.
         input_shape: per-image shape (C, H, W).
         mode: "forward" (eval, torch.inference_mode) or "train_step" (train mode, SGD lr 0.01 momentum 0.9 via
-            `steps.train_step`).
+            `train_step`).
         batch_size: images per iteration.
         device: "cpu", "cuda", "cuda:1", ...
         dtype: "fp32", or "bf16"/"fp16" run under autocast (weights and inputs stay fp32).
         channels_last: convert model and input to torch.channels_last.
         compile: wrap the copy in torch.compile after resetting dynamo (static shapes, whole graph, no eager
-            fallback: see `nin_bench.runtime.compiled`); the first call's wall time, which holds the whole compile, is
-            reported as `compile_s`, and the graphs dynamo built as `compiled_graphs`.
+            fallback: see `nin_bench.runtime.compiled`); the first call's wall time, which holds the whole compile,
+            is reported as `compile_s`, and the graphs dynamo built as `compiled_graphs`.
         warmup: untimed iterations after the first call.
         repeats: timed iterations (>= 1).
         num_classes: range of the random labels.
@@ -278,16 +387,27 @@ def time_model(
         torch.cuda.OutOfMemoryError: the batch does not fit (also when torch.compile wrapped the OOM); memory is
             freed first so the sweep can go on.
     """
-    if mode not in MODES or dtype not in DTYPES or repeats < 1 or warmup < 0:
-        raise ValueError(
-            f"time_model: mode={mode!r} (allowed {MODES}), dtype={dtype!r} (allowed {sorted(DTYPES)}), "
-            f"repeats={repeats} (>= 1), warmup={warmup} (>= 0)"
-        )
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"time_model: repeats={repeats} (>= 1), warmup={warmup} (>= 0)")
+    setting = Setting(mode, batch_size, dtype, channels_last, compile)
     device = torch.device(device)
-    opts = dict(mode=mode, batch_size=batch_size, dtype=dtype, channels_last=channels_last, compile=compile,
-                warmup=warmup, repeats=repeats, num_classes=num_classes)
+    if compile:
+        reset_compiled()
+    with oom_freed(device), (no_eager_fallback() if compile else contextlib.nullcontext()):
+        contender = Contender(model, input_shape, device, setting, warmup, num_classes)
+        times = contender.window(repeats)
+        contender.close()
+    return {**dataclasses.asdict(setting), **contender.info, "repeats": repeats,
+            **_summarise(times, batch_size)}
+
+
+@contextlib.contextmanager
+def oom_freed(device: torch.device) -> Iterator[None]:
+    """Turn an out-of-memory error inside the block (also one torch.compile wrapped) into a plain
+    `torch.cuda.OutOfMemoryError`, raised after the device's memory is freed, so the sweep can go on."""
     try:
-        return _measure(model, input_shape, device, opts)
+        yield
+        return
     except Exception as exc:
         if not is_oom(exc):
             raise

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nin_bench.run.stages import RunContext, Unit, reference_train_step, timing_settings
+from nin_bench.run.stages import reference_train_step
+from nin_bench.run.timing_stage import timing_settings
+from nin_bench.run.unit import RunContext, Unit
 from nin_bench.store.records import latest_per_key
 
 # The timing harness times bare train steps on resident data; a training epoch adds augmentation, the
@@ -89,8 +91,9 @@ def _train_estimate(unit: Unit, ctx: RunContext, records: list[dict[str, Any]], 
 
 
 def _timing_estimate(unit: Unit, records: list[dict[str, Any]]) -> float | None:
-    """Sum over the unit's settings of (warm-up + repeats) x the median ms another variant recorded for the same
-    setting, x TIMING_SAFETY; None when some setting has no such row (nothing to go on: the unit is started)."""
+    """Sum over the unit's settings of (warm-up + rounds x repeats) x the median ms another variant recorded for
+    the same setting, for each variant the unit times, x TIMING_SAFETY; None when some setting has no such row
+    (nothing to go on: the unit is started)."""
     t = unit.variant.config.timing
     ms: dict[tuple, float] = {}
     for r in latest_per_key(records):
@@ -102,8 +105,8 @@ def _timing_estimate(unit: Unit, records: list[dict[str, Any]]) -> float | None:
         key = (s["mode"], s["dtype"], s["channels_last"], s["compile"], s["batch_size"])
         if key not in ms:
             return None
-        total += (t.warmup + t.repeats) * ms[key] / 1e3
-    return total * TIMING_SAFETY
+        total += (t.warmup + t.rounds * t.repeats) * ms[key] / 1e3
+    return total * len(unit.variants) * TIMING_SAFETY
 
 
 def fits(unit: Unit, ctx: RunContext, records: list[dict[str, Any]], budget: Budget) -> tuple[bool, str]:

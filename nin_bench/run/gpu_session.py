@@ -63,7 +63,7 @@ SELFCHECK = "gpu-selfcheck"
 REHEARSAL_SETS = ("model.width=0.125", "seeds=[0,1]", "threads=1", "train.epochs=1", "train.subset=256",
                   "train.val_size=128", "train.batch_size=32", "timing.dtypes=[fp32]", "timing.batch_sizes=[8,32]",
                   "timing.reference_batch_size=8", "timing.layer_timing_batch_sizes=[8]", "timing.warmup=1",
-                  "timing.repeats=3", "timing.compile_batch_sizes=[8]")
+                  "timing.repeats=3", "timing.rounds=2", "timing.compile_batch_sizes=[8]")
 REHEARSAL_PACK = 2
 # What a failed self-check stops: check name -> (what it stops, why).
 BLOCKS = {

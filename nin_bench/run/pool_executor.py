@@ -17,15 +17,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from nin_bench.data.datasets import DataError
-from nin_bench.run.stages import (
-    DeadlineReached,
-    RunContext,
-    Unit,
-    UnitResult,
-    failed_unit,
-    run_unit,
-)
-from nin_bench.store.records import variant_records
+from nin_bench.run.stages import failed_unit, run_unit
+from nin_bench.run.unit import DeadlineReached, RunContext, Unit, UnitResult, unit_records
 
 Log = Callable[[str], None]
 # Admit: called in the driver just before a unit would start; False skips it (the budget check).
@@ -84,7 +77,7 @@ def run_on_pool(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]
                     stopped = True
                 elif admit(unit):
                     slot = free.pop()
-                    fut = slot.submit(_run_in_worker, unit, worker_ctx, variant_records(records, unit.variant.id))
+                    fut = slot.submit(_run_in_worker, unit, worker_ctx, unit_records(records, unit))
                     running[fut] = (unit, slot)
             if not running:
                 break

@@ -25,16 +25,9 @@ from typing import Any
 
 from nin_bench.data.datasets import DataError
 from nin_bench.errors import UserError
-from nin_bench.run.stages import (
-    DeadlineReached,
-    RunContext,
-    Unit,
-    UnitResult,
-    failed_unit,
-    run_unit,
-)
+from nin_bench.run.stages import failed_unit, run_unit
+from nin_bench.run.unit import DeadlineReached, RunContext, Unit, UnitResult, unit_records
 from nin_bench.store.folder import ResultsDir
-from nin_bench.store.records import variant_records
 
 # System failures (a killed worker process, a lost node) are retried; exceptions inside a unit are not (they
 # are that unit's error record already, see stages.run_unit).
@@ -250,7 +243,7 @@ def _submit_and_collect(units: list[Unit], ctx: RunContext, records: list[dict[s
         for unit in units:
             opts = {**unit_resources(unit, ctx.device, threads), "max_retries": MAX_RETRIES,
                     "retry_exceptions": False, "name": f"nin_bench {unit.label}"}
-            pending[task.options(**opts).remote(unit, worker_ctx, variant_records(records, unit.variant.id),
+            pending[task.options(**opts).remote(unit, worker_ctx, unit_records(records, unit),
                                                 threads)] = unit
         stopped = False  # a task stopped by the time budget (its unit resumes on the next run)
         while pending:

@@ -22,14 +22,15 @@ from tqdm.auto import tqdm
 from nin_bench.measure.ceilings import Ceilings, measure_ceilings
 from nin_bench.run.budget import Budget, Tally, fits
 from nin_bench.run.manifest import build_manifest, device_name
-from nin_bench.run.stages import DeadlineReached, RunContext, Unit, UnitResult, run_unit
+from nin_bench.run.stages import run_unit
+from nin_bench.run.timing_stage import group_id
+from nin_bench.run.unit import DeadlineReached, RunContext, Unit, UnitResult, unit_records
 from nin_bench.runtime.device import configure_process
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import (
     completed,
     is_unit_failure,
     latest_per_key,
-    variant_records,
 )
 from nin_bench.suite.config import SuiteConfig, config_of_folder
 from nin_bench.suite.variants import Variant, expand_grid
@@ -77,10 +78,17 @@ def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str
         order: "variant" (variant by variant, stages in order: the default) or "seed" (every non-training unit
             first, then training seed-major: seed 0 of every variant before seed 1, so a run cut short by a
             budget still holds one complete seed of the whole grid).
+
+    The timing of every variant not yet timed is one unit per group of variants sharing their timing settings
+    (`timing_groups`), placed where the group's first variant would time: its variants are measured side by side.
     """
+    groups = {g[0].id: g for g in timing_groups([v for v in variants if (v.id, "timing", None) not in done])}
     units = []
     for v in variants:
         for stage in cfg.stages:
+            if stage == "timing":
+                units += [Unit(v, "timing", None, groups[v.id])] if v.id in groups else []
+                continue
             seeds = v.config.seeds if stage == "train" else [None]
             units += [Unit(v, stage, s) for s in seeds if (v.id, stage, s) not in done]
     if order == "seed":
@@ -91,11 +99,25 @@ def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str
     return units
 
 
-def remove_stale_checkpoints(rd: ResultsDir, done: set[tuple]) -> None:
-    """Delete checkpoints of recorded units (a run killed between the append and the delete leaves one)."""
+def timing_groups(variants: list[Variant]) -> list[tuple[Variant, ...]]:
+    """The variants that are timed side by side: those with the same timing settings (and data shape source),
+    in grid order. A suite's grid rarely varies `timing.*`, so this is usually one group of every variant."""
+    groups: dict[str, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault(v.config.timing.model_dump_json(), []).append(v)
+    return [tuple(g) for g in groups.values()]
+
+
+def remove_stale_checkpoints(rd: ResultsDir, done: set[tuple], units: list[Unit]) -> None:
+    """Delete checkpoints of recorded units (a run killed between the append and the delete leaves one), and
+    timing checkpoints of groups no unit measures any more."""
     for variant, stage, seed in done:
         if stage == "train":
             rd.checkpoint(variant, seed).unlink(missing_ok=True)
+    live = {rd.timing_checkpoint(group_id(list(u.variants))) for u in units if u.stage == "timing"}
+    for path in rd.timing_checkpoints():
+        if path not in live:
+            path.unlink(missing_ok=True)
 
 
 def write_run_files(rd: ResultsDir, cfg: SuiteConfig, manifest: dict[str, Any], protocol: str) -> None:
@@ -118,6 +140,8 @@ def record_result(rd: ResultsDir, unit: Unit, result: UnitResult, log: Log) -> N
             log(f"  {unit.label}: {r['error']}")
     if unit.stage == "train":
         rd.checkpoint(unit.variant.id, unit.seed).unlink(missing_ok=True)
+    elif unit.stage == "timing":
+        rd.timing_checkpoint(group_id(list(unit.variants))).unlink(missing_ok=True)
 
 
 def run_local(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
@@ -130,7 +154,7 @@ def run_local(units: list[Unit], ctx: RunContext, records: list[dict[str, Any]],
         if not admit(unit):
             continue
         bar.set_postfix_str(unit.label)
-        done(unit, run_unit(unit, ctx, variant_records(records, unit.variant.id)))
+        done(unit, run_unit(unit, ctx, unit_records(records, unit)))
 
 
 def budget_gate(ctx: RunContext, records: list[dict[str, Any]], budget: Budget, tally: Tally,
@@ -221,8 +245,8 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         variants = expand_grid(cfg)
         records = rd.read_records()
         done = completed(records)
-        remove_stale_checkpoints(rd, done)
         units = plan(variants, cfg, done, order)
+        remove_stale_checkpoints(rd, done, units)
         log(f"{cfg.name}: {len(variants)} variants, {len(units)} units to run ({protocol} protocol on "
             f"{ctx.device_name}, {threads} threads, {executor} executor) -> {rd.root}")
         if not units and rd.manifest.exists():  # nothing to measure: the folder's files stay as they were made

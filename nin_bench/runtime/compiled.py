@@ -21,6 +21,19 @@ from torch import nn
 BACKEND = "inductor"
 
 
+def reset_compiled() -> None:
+    """Drop every cache entry of every code object and zero dynamo's counters (what `compile_stats` reads)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def compile_shared(model: nn.Module) -> nn.Module:
+    """Wrap `model` in torch.compile (inductor, static shapes, whole graph or an error) without a reset: the
+    entries of models compiled before stay, as a setting's interleaved contenders need (`no_eager_fallback`
+    gives them the recompile room)."""
+    return torch.compile(model, backend=BACKEND, dynamic=False, fullgraph=True)
+
+
 def compile_fresh(model: nn.Module) -> nn.Module:
     """Reset dynamo (every cache entry of every code object, the counters) and wrap `model` in torch.compile.
 
@@ -30,21 +43,24 @@ def compile_fresh(model: nn.Module) -> nn.Module:
     Returns:
         The compiled wrapper (inductor, static shapes, whole graph or an error).
     """
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    return torch.compile(model, backend=BACKEND, dynamic=False, fullgraph=True)
+    reset_compiled()
+    return compile_shared(model)
 
 
 @contextlib.contextmanager
-def no_eager_fallback() -> Iterator[None]:
-    """Within the block, reaching dynamo's recompile limit raises instead of running eagerly."""
+def no_eager_fallback(models: int = 1) -> Iterator[None]:
+    """Within the block, reaching dynamo's recompile limit raises instead of running eagerly.
+
+    Args:
+        models: how many models are compiled side by side in the block (a setting's interleaved contenders); each
+            adds its own entries to `NiN.forward`'s cache, so the limit is raised to leave each the default room.
+    """
     config = torch._dynamo.config
-    if hasattr(config, "fail_on_recompile_limit_hit"):
-        with config.patch(fail_on_recompile_limit_hit=True):
-            yield
-    else:  # older dynamo: the same switch had the cache-size name
-        with config.patch(fail_on_cache_limit_hit=True):
-            yield
+    # the same switches under their older names (torch < 2.6 called the recompile limit the cache size limit)
+    fail = "fail_on_recompile_limit_hit" if hasattr(config, "fail_on_recompile_limit_hit") else "fail_on_cache_limit_hit"
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    with config.patch({fail: True, limit: getattr(config, limit) * max(1, models)}):
+        yield
 
 
 def compile_stats() -> dict[str, Any]:

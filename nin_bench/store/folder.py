@@ -141,6 +141,14 @@ class ResultsDir:
         """Where one training run checkpoints (removed once its records are safely on disk)."""
         return self.checkpoints / f"{variant_id}-seed{seed}.pt"
 
+    def timing_checkpoint(self, group: str) -> Path:
+        """Where a timing unit keeps the rounds it has measured (removed once its records are safely on disk)."""
+        return self.checkpoints / f"timing-{group}.json"
+
+    def timing_checkpoints(self) -> list[Path]:
+        """Every timing unit's checkpoint present."""
+        return sorted(self.checkpoints.glob("timing-*.json")) if self.checkpoints.exists() else []
+
     @property
     def scratch(self) -> Path:
         """Scratch files of a run that are never results (the GPU self-check's resume checkpoint)."""

@@ -45,11 +45,12 @@ def parse_jsonl(text: str) -> list[dict[str, Any]]:
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What a record measures: (variant, stage, seed, epoch), plus the setting (and layer) of a timing row.
+    """What a record measures: (variant, stage, seed, epoch), plus the setting (and round) of a timing row.
     Later records of a key win."""
     setting = (tuple(r.get(k) for k in _SETTING) if UNIT_OF_KIND.get(r.get("stage"), r.get("stage")) == "timing"
                else ())
-    return (r.get("variant"), r.get("stage"), r.get("seed"), r.get("epoch"), *setting)
+    rnd = (r.get("round"),) if r.get("stage") == "timing_round" else ()
+    return (r.get("variant"), r.get("stage"), r.get("seed"), r.get("epoch"), *setting, *rnd)
 
 
 def unit_key(r: dict[str, Any]) -> tuple:
@@ -90,11 +91,6 @@ def error_text(exc: BaseException) -> str:
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" ({Path(frame.filename).name}:{frame.lineno})" if frame else ""
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}"
-
-
-def variant_records(records: list[dict[str, Any]], variant_id: str) -> list[dict[str, Any]]:
-    """The successful records of one variant (what a later stage of it may reuse: FLOPs, timing rows)."""
-    return [r for r in records if r.get("variant") == variant_id and r.get("status") == "ok"]
 
 
 def completed(records: list[dict[str, Any]]) -> set[tuple]:

@@ -96,8 +96,12 @@ class TimingSettings(_Section):
     # compiled rows run at these batch sizes only; each pays a full compile. None: the reference batch size
     # when eager rows run too (compile: [false, true]), every batch size when only compiled rows do
     compile_batch_sizes: list[int] | None = None
-    warmup: int = Field(5, ge=0)
-    repeats: int = Field(20, ge=3)
+    warmup: int = Field(5, ge=0)  # untimed iterations per variant and setting, before the rounds
+    repeats: int = Field(20, ge=3)  # timed iterations per round (one timing window)
+    # the variants of a unit are timed side by side in this many rounds, each in an order shuffled from
+    # round_seed, so what the machine does during the sweep lands on all of them alike (STYLE 9)
+    rounds: int = Field(5, ge=1)
+    round_seed: int = 0
     # per-layer time (torch.profiler) of every eager dtype x layout, at these batch sizes (None: the reference
     # batch size), measured right after the sweep's forward row of the same setting (same machine state)
     layer_timing: bool = True
@@ -223,7 +227,8 @@ _REMOVED = {"profile": "the backward FLOPs are always counted"}
 # an upper bound (`quick_shrink`): a suite's own smaller value stays.
 QUICK_DEFAULTS: dict[str, Any] = {
     "timing.warmup": 2,
-    "timing.repeats": 5,
+    "timing.repeats": 3,
+    "timing.rounds": 3,
     "train.epochs": 1,
     "train.subset": 2000,
     "train.val_size": 1000,
