@@ -11,9 +11,9 @@ from typing import Any
 # The units of a suite, in the order they run (a suite's `stages` list takes these values).
 STAGES = ("profile", "timing", "train")
 # Extra record kinds and the stage whose unit makes them: a unit is recorded once its main record is in.
-UNIT_OF_KIND = {"train_epoch": "train", "layer_timing": "timing"}
+UNIT_OF_KIND = {"train_epoch": "train", "layer_timing": "timing", "timing_round": "timing"}
 # Every value a record's `stage` can take, in the order the report reads them.
-RECORD_KINDS = ("profile", "timing", "layer_timing", "train_epoch", "train")
+RECORD_KINDS = ("profile", "timing", "timing_round", "layer_timing", "train_epoch", "train")
 
 # The columns every record carries: the variant's axes and the shape its model sees ...
 VARIANT_COLUMNS = ("variant", "preset", "n_1x1", "head", "dropout", "width", "batchnorm", "fc_hidden", "init",
@@ -25,6 +25,8 @@ SHARED_COLUMNS = VARIANT_COLUMNS + RUN_COLUMNS
 # What tells two timing rows of one variant apart, and the part of it a layer-timing row shares.
 SETTING_KEYS = ("mode", "batch_size", "dtype", "channels_last", "compile")
 LAYER_SETTING_KEYS = ("batch_size", "dtype", "channels_last")
+# A timing_round row's round (0-based): rows of one (setting, round) in one folder were measured back to back.
+ROUND_KEY = "round"
 LAYER_KEY = "layer"  # a layer-timing row's leaf module ("rest" for the time in no layer)
 REST_LAYER = "rest"
 
@@ -41,7 +43,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     "timing": SETTING_KEYS + (
         "ms_median", "ms_iqr", "ms_p25", "ms_p75", "ms_min", "img_per_s", "peak_mem_mb", "peak_mem_method",
         "compile_s", "compiled_graphs", "graph_breaks", "flops_per_img", "achieved_tflops", "peak_tflops", "mfu",
-        "threads", "warmup", "repeats", "cudnn_benchmark", "fp32_conv_precision", "error_kind"),
+        "threads", "warmup", "repeats", "cudnn_benchmark", "fp32_conv_precision", "error_kind", "rounds",
+        "round_seed", "round_ms_min", "round_ms_max", "round_spread_pct"),
+    "timing_round": SETTING_KEYS + (
+        ROUND_KEY, "round_pos", "round_seed", "ms_median", "img_per_s", "repeats", "threads"),
     "layer_timing": LAYER_SETTING_KEYS + (
         LAYER_KEY, "block", "kind", "fwd_ms", "fwd_train_ms", "bwd_ms", "macs", "macs_batch", "flops", "bytes",
         "intensity", "bound", "roofline_ms", "attained", "peak_tflops", "mem_gb_per_s", "timing_fwd_ms",
