@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="(re)build report.md/html, tables and figures from stored records")
     rep.add_argument("results_dir", type=Path)
     cmp = sub.add_parser("compare", help="B against A: what differs, every shared timing row's B ÷ A time and "
-                                         "every shared variant's B − A accuracy, with 95 % CIs (read-only)")
+                                         "every shared variant's B − A accuracy, with 95 %% CIs (read-only)")
     cmp.add_argument("dir_a", type=Path, help="results folder A (the reference)")
     cmp.add_argument("dir_b", type=Path, help="results folder B")
     cmp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
