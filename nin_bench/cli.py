@@ -5,6 +5,7 @@
     python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full] [--explain]
     python -m nin_bench inspect PRESET|CONFIG [--set k=v]... [--time [--batch N] [--dtype D] [--device D]]
     python -m nin_bench report DIR
+    python -m nin_bench compare DIR_A DIR_B [--json]
     python -m nin_bench gpu-session [--results DIR] [--suites DIR] [--budget-s S] [--rehearse] [--steps A,B|list]
                                     [--pack N]
 """
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="for --time")
     rep = sub.add_parser("report", help="(re)build report.md/html, tables and figures from stored records")
     rep.add_argument("results_dir", type=Path)
+    cmp = sub.add_parser("compare", help="B against A: what differs, every shared timing row's B ÷ A time and "
+                                         "every shared variant's B − A accuracy, with 95 %% CIs (read-only)")
+    cmp.add_argument("dir_a", type=Path, help="results folder A (the reference)")
+    cmp.add_argument("dir_b", type=Path, help="results folder B")
+    cmp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gpu = sub.add_parser("gpu-session", help="on a CUDA machine: self-check, then the GPU timing and training "
                                              "batch, resumable, under a time budget")
     gpu.add_argument("--results", type=Path, default=RESULTS_ROOT, help="results root (default: results)")
@@ -176,6 +182,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the comparison; read-only, so no folder lock (a run may be appending to either folder)."""
+    from nin_bench.report.compare import compare_folders, render_text, to_json
+
+    c = compare_folders(args.dir_a, args.dir_b)
+    print(to_json(c) if args.json else render_text(c))
+    return 0
+
+
 def cmd_gpu_session(args: argparse.Namespace) -> int:
     from nin_bench.run.gpu_session import describe_steps, gpu_session
 
@@ -194,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.invocation = shlex.join(["python", "-m", "nin_bench", *argv])
     handler = {"run": cmd_run, "list": cmd_list, "inspect": cmd_inspect, "report": cmd_report,
-               "gpu-session": cmd_gpu_session}[args.command]
+               "compare": cmd_compare, "gpu-session": cmd_gpu_session}[args.command]
     try:
         return handler(args)
     except (UserError, FileNotFoundError) as exc:  # bad config, missing data: one line, no traceback

@@ -52,15 +52,33 @@ def profile_rec(ds: str, n: int) -> dict:
     return r
 
 
-def timing_recs(ds: str, n: int) -> list[dict]:
-    """Forward and train-step rows at batch sizes 1, 32, 128."""
+# Per-round factors on each variant's median time (rounds 0..4): the median of each list is exactly 1, so a row's
+# `ms_median` (the median of its per-round medians) is the formula's; rounds pair across variants.
+ROUND_FACTORS = {0: [0.98, 1.01, 1.00, 1.03, 0.99], 1: [0.97, 1.02, 1.00, 1.04, 0.99],
+                 2: [0.99, 1.00, 1.01, 1.02, 0.98]}
+ROUND_SEED = 1234
+
+
+def timing_recs(ds: str, n: int, rounds: bool = True) -> list[dict]:
+    """Forward and train-step rows at batch sizes 1, 32, 128, each with its five `timing_round` rows (none and
+    no round keys when `rounds` is False: a folder written before rounds)."""
     out = []
     for mode, speed in (("forward", 3000.0), ("train_step", 1000.0)):
         for bs in (1, 32, 128):
             ips = speed * bs / (bs + 8) / (1 + n / 10)
-            out.append(common(ds, n, "timing") | {"mode": mode, "batch_size": bs, "dtype": "fp32",
-                                                   "channels_last": False, "compile": False, "img_per_s": ips,
-                                                   "ms_median": 1000 * bs / ips, "mfu": ips * 1e-5})
+            ms = 1000 * bs / ips
+            setting = {"mode": mode, "batch_size": bs, "dtype": "fp32", "channels_last": False, "compile": False}
+            row = common(ds, n, "timing") | setting | {"img_per_s": ips, "ms_median": ms, "mfu": ips * 1e-5}
+            if not rounds:
+                out.append(row)
+                continue
+            per_round = [ms * f for f in ROUND_FACTORS[n]]
+            out.append(row | {"rounds": len(per_round), "round_seed": ROUND_SEED, "round_ms_min": min(per_round),
+                              "round_ms_max": max(per_round),
+                              "round_spread_pct": 100 * (max(per_round) - min(per_round)) / ms})
+            out += [common(ds, n, "timing_round") | setting | {
+                "round": r, "round_pos": (r + n) % len(N1X1), "round_seed": ROUND_SEED, "ms_median": m,
+                "img_per_s": 1000 * bs / m, "repeats": 10, "threads": 2} for r, m in enumerate(per_round)]
     return out
 
 

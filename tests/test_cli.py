@@ -146,7 +146,8 @@ sys.meta_path.insert(0, _NoTorch())
 
 
 def test_light_commands_never_import_torch(tmp_path):
-    """--help, list (--explain, --quick) and report on a committed folder, with `import torch` made to fail."""
+    """--help, list (--explain, --quick), report and compare on a committed folder, with `import torch` made to
+    fail."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(NO_TORCH)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
@@ -165,6 +166,8 @@ def test_light_commands_never_import_torch(tmp_path):
     res = light("report", str(tmp_path / "one_by_one"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "one_by_one" / "report.md").exists()
+    res = light("compare", str(tmp_path / "one_by_one"), str(ROOT / "results" / "one_by_one"))
+    assert res.returncode == 0 and "36 rows joined: 0 slower, 0 faster, 36 not resolved (~)" in res.stdout, res.stderr
 
 
 def _image_folder(root: Path, per_class: dict[str, int]) -> None:

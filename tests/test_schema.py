@@ -70,3 +70,13 @@ def test_unit_rules_follow_the_schema_kinds() -> None:
     failed = schema.error_record({"variant": "v", "stage": "train", "status": "ok", "error": None}, "E: x", seed=3)
     assert failed == {"variant": "v", "stage": "train", "status": "error", "error": "E: x", "seed": 3}
     assert records.is_unit_failure(failed)
+
+
+def test_timing_round_records_keep_one_row_per_round() -> None:
+    """Rounds of one setting are different measurements: the latest-record rule must not fold them into one."""
+    base = {"variant": "v", "stage": "timing_round", "status": "ok", "mode": "forward", "batch_size": 8,
+            "dtype": "fp32", "channels_last": False, "compile": False, "ms_median": 1.0}
+    rows = [base | {"round": r} for r in range(5)] + [base | {"round": 4, "ms_median": 2.0}]
+    kept = records.latest_per_key(rows)
+    assert [r["round"] for r in kept] == [0, 1, 2, 3, 4] and kept[-1]["ms_median"] == 2.0
+    assert records.unit_key(base) == ("v", "timing", None) and not records.is_unit_failure(base | {"status": "error"})

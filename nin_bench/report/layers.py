@@ -18,6 +18,7 @@ import seaborn as sns  # noqa: E402
 
 from nin_bench.report import fmt  # noqa: E402
 from nin_bench.report.plots import save  # noqa: E402
+from nin_bench.report.ratios import Ratio, TimingIndex, ratio_text  # noqa: E402
 from nin_bench.store.folder import ResultsDir  # noqa: E402
 from nin_bench.store.schema import LAYER_KINDS, LAYER_SETTING_KEYS  # noqa: E402
 
@@ -126,9 +127,16 @@ def roofline_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir)
 _FREE = ("batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten")  # layers without MACs
 
 
-def finding(rows: pd.DataFrame, labels: dict[str, str]) -> str | None:
+def finding(rows: pd.DataFrame, labels: dict[str, str], timing: TimingIndex | None = None) -> str | None:
     """The measured finding in a sentence or two: where the time of the variant with the most 1×1 convolutions
-    goes, and (when the suite varies n_1x1) what the added 1×1 convolutions cost against the MACs they add."""
+    goes, and (when the suite varies n_1x1) what the added 1×1 convolutions cost against the MACs they add.
+
+    Args:
+        rows: `reference_rows` of the "layer_timing" records.
+        labels: variant id -> label.
+        timing: the folder's timing rows and rounds: the time ratios come from its paired rounds at the layer
+            rows' setting (with a CI); without rounds, from the layer rows' end-to-end times (no interval).
+    """
     if rows.empty:
         return None
     n_1x1 = rows.groupby("variant", sort=False)["kind"].agg(lambda k: int((k == "conv_1x1").sum()))
@@ -142,10 +150,24 @@ def finding(rows: pd.DataFrame, labels: dict[str, str]) -> str | None:
     if "conv_1x1" in s.index:
         text += (f"; the 1×1 convolutions hold {s.loc['conv_1x1', 'macs_share']:.0f} % of the MACs and take "
                  f"{s.loc['conv_1x1', 'fwd_share']:.0f} % of the forward time")
-    return text + ". " + (_added_cost(rows, n_1x1, labels) or "")
+    return text + ". " + (_added_cost(rows, n_1x1, labels, timing) or "")
 
 
-def _added_cost(rows: pd.DataFrame, n_1x1: pd.Series, labels: dict[str, str]) -> str | None:
+def _time_ratio(a: pd.DataFrame, b: pd.DataFrame, mode: str, e2e: str, timing: TimingIndex | None) -> Ratio:
+    """b's time ÷ a's in one mode at the layer rows' setting: paired over timing rounds when both have them, else
+    the layer rows' end-to-end times (a bare ratio)."""
+    first = a.iloc[0]
+    setting = (mode, int(first["batch_size"]), str(first["dtype"]), bool(first["channels_last"]), False)
+    va, vb = str(first["variant"]), str(b["variant"].iloc[0])
+    if timing is not None and len(timing.round_ms(va, setting)) and len(timing.round_ms(vb, setting)):
+        ratio = timing.time_ratio(vb, va, setting)
+        if ratio is not None:
+            return ratio
+    return Ratio(float(b[e2e].iloc[0]) / float(a[e2e].iloc[0]))
+
+
+def _added_cost(rows: pd.DataFrame, n_1x1: pd.Series, labels: dict[str, str],
+                timing: TimingIndex | None = None) -> str | None:
     """What adding 1×1 convolutions costs: MACs vs measured time, and where the added train-step time goes.
 
     Compares the variants with the fewest and the most 1×1 convolutions on the data set of the latter.
@@ -158,7 +180,8 @@ def _added_cost(rows: pd.DataFrame, n_1x1: pd.Series, labels: dict[str, str]) ->
         return None
     a, b = rows[rows["variant"] == least], rows[rows["variant"] == most]
     macs = b["macs"].sum() / a["macs"].sum()
-    fwd, step = (b[k].iloc[0] / a[k].iloc[0] for k in ("e2e_fwd_ms", "e2e_train_step_ms"))
+    fwd = _time_ratio(a, b, "forward", "e2e_fwd_ms", timing)
+    step = _time_ratio(a, b, "train_step", "e2e_train_step_ms", timing)
     per_kind = (lambda r: (r["fwd_train_ms"] + r["bwd_ms"]).groupby(r["kind"]).sum())
     delta = per_kind(b).sub(per_kind(a), fill_value=0.0)
     added = float(delta.sum())
@@ -171,7 +194,8 @@ def _added_cost(rows: pd.DataFrame, n_1x1: pd.Series, labels: dict[str, str]) ->
                "under-predict what it costs" if elem >= 0.5 * one else
                "the arithmetic dominates on this device, so MACs predict the cost fairly well here")
     return (f"On {ds}, {labels.get(most, most)} has {macs:.2f}× the MACs of {labels.get(least, least)} but its "
-            f"forward takes {fwd:.2f}× and its train step {step:.2f}× as long; of the train-step time it adds, the "
+            f"forward takes {ratio_text(fwd)} and its train step {ratio_text(step)} as long"
+            f"{' (95 % CIs over paired timing rounds)' if fwd.n or step.n else ''}; of the train-step time it adds, the "
             f"1×1 convolutions take {one:.0f} %, their {passes} {elem:.0f} %, the k×k "
             f"convolutions {kxk:.0f} % and the rest (pooling, dropout, framework) {100 - one - elem - kxk:.0f} %: "
             f"{verdict}.")

@@ -139,6 +139,7 @@ def throughput_vs_batch(timing: pd.DataFrame, labels: dict[str, str], out: Resul
             sns.lineplot(d, x="batch_size", y="img_per_s", hue="variant label", style=style, markers=True,
                          marker=None if style else "o", palette=colours, ax=axes[i, j],
                          legend=(i == 0 and j == len(modes) - 1))
+            _round_spread(axes[i, j], d, colours)
             axes[i, j].set(xscale="log", yscale="log", xlabel="Batch size (images, log scale)",
                            ylabel="Throughput (img/s, log scale)", title=f"{ds}: {mode.replace('_', ' ')}")
             _ticks_at(axes[i, j], np.unique(d["batch_size"].to_numpy(float)), lambda v: f"{v:.0f}")
@@ -146,6 +147,18 @@ def throughput_vs_batch(timing: pd.DataFrame, labels: dict[str, str], out: Resul
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
     return save(fig, out, "throughput_vs_batch")
+
+
+def _round_spread(ax: plt.Axes, d: pd.DataFrame, colours: dict[str, tuple]) -> None:
+    """Error bars from the slowest to the fastest round's median (img/s) on rows timed in rounds."""
+    if "round_ms_min" not in d:
+        return
+    r = d[d["round_ms_min"].notna() & d["round_ms_max"].notna()]
+    for _, row in r.iterrows():
+        ips, bs = float(row["img_per_s"]), float(row["batch_size"])
+        lo, hi = 1000 * bs / float(row["round_ms_max"]), 1000 * bs / float(row["round_ms_min"])
+        ax.errorbar(bs, ips, yerr=[[max(ips - lo, 0.0)], [max(hi - ips, 0.0)]], fmt="none", capsize=3, lw=1,
+                    color=colours.get(row["variant label"], "grey"))
 
 
 def _setting(r: pd.Series) -> str:

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nin_bench.report import layers, maps, paper, plots, protocol, sections, tables
+from nin_bench.report import layers, maps, paper, plots, protocol, sections, tables, timing_check
 from nin_bench.report.document import Doc, to_html, to_markdown
 from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
+from nin_bench.report.ratios import TimingIndex
 from nin_bench.store.folder import ResultsDir
 
 
@@ -44,7 +45,8 @@ def _figures(doc: Doc, run: Run, table: pd.DataFrame, out: ResultsDir) -> None:
          "step line and open circles: Pareto frontier (no other variant is both cheaper and more accurate)."),
         (plots.throughput_vs_batch(run.stage("timing"), labels, out),
          f"Throughput (img/s, log) vs batch size (log) for the forward pass (eval, inference mode) and the full "
-         f"train step (forward, loss, backward, SGD step); medians of timed iterations. Tables use batch {ref}."),
+         f"train step (forward, loss, backward, SGD step); medians of timed iterations (of the per-round medians "
+         f"where the run timed in rounds; error bars: slowest to fastest round). Tables use batch {ref}."),
         (plots.learning_curves(run.stage("train_epoch"), labels, out),
          "Learning curves: validation accuracy (%) and train loss (cross-entropy) per epoch; line = mean over "
          "seeds, band = ±1 std over seeds."),
@@ -90,7 +92,7 @@ def _layer_section(doc: Doc, run: Run, out: ResultsDir) -> None:
         return
     labels = _labels(run, with_dataset=True)
     doc.h(2, "Where the time goes")
-    text = layers.finding(rows, labels)
+    text = layers.finding(rows, labels, TimingIndex(run.stage("timing"), run.stage("timing_round")))
     if text:
         doc.p(f"**Finding.** {text}")
     doc.p("Per-layer times are measured with torch.profiler, attributed to each leaf module (forward: eval mode "
@@ -117,6 +119,25 @@ def _layer_section(doc: Doc, run: Run, out: ResultsDir) -> None:
             doc.fig(png, caption)
 
 
+def _timing_check_section(doc: Doc, run: Run, checks: list[timing_check.PairCheck]) -> None:
+    """"Timing self-check": identical-computation pairs' forward speed ratios, or one line without such pairs."""
+    if run.stage("timing").empty:
+        return
+    doc.h(2, "Timing self-check")
+    if not checks:
+        doc.p("No two variants of this suite run the same eval forward (none differ only in dropout), so the "
+              "timing has no self-check here.")
+        return
+    doc.p("Variants that differ only in dropout run the same computation in eval mode (dropout is the identity), "
+          "so their forward passes must time equal. Each row: the second's forward speed ÷ the first's at one "
+          "setting, the geometric mean over paired timing rounds with its 95 % t-interval (a bare ratio of "
+          "medians for rows timed before rounds). A pair more than 7 % apart means the timing of this run cannot "
+          "be trusted; an interval reaching past ±7 % leaves it unconfirmed.")
+    doc.table(*timing_check.table(checks, _labels(run, with_dataset=True)))
+    loud = timing_check.warning(checks)
+    doc.p(loud or "Every pair times within 7 %: the timing passes its self-check.")
+
+
 def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     """Build the report's content.
 
@@ -130,6 +151,10 @@ def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     table = tables.results_table(run)
     doc = Doc(f"{run.config.get('name', run.results_dir.name)}: NiN benchmark report")
     doc.p(f"**Question.** {run.config.get('description', '(no description in the config)')}")
+    checks = timing_check.check_pairs(run.stage("timing"), run.stage("timing_round"), run.config)
+    loud = timing_check.warning(checks)
+    if loud:
+        doc.p(loud)
     doc.h(2, "Answer")
     if table["test_acc_mean"].notna().any():
         for ds, t in table.groupby("dataset", sort=False):
@@ -145,6 +170,7 @@ def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     doc.ul(items[1:])
     tex = _result_tables(doc, run, table) if not table.empty else ""
     _paper_section(doc, run)
+    _timing_check_section(doc, run, checks)
     _layer_section(doc, run, out)
     _figures(doc, run, table, out)
     doc.h(2, "Failed or diverged runs")

@@ -7,8 +7,13 @@ import pandas as pd
 
 from nin_bench.report import fmt, protocol
 from nin_bench.report.load import Run
+from nin_bench.report.ratios import ratio_text, stored_ratio
 from nin_bench.report.stats import NORMAL_DIFF, WILSON
 
+SPEED_NOTE = ("Speed vs baseline: the baseline's time ÷ the variant's at the same setting (> 1: faster), the "
+              "geometric mean over the timing rounds that measured both back to back, with a 95 % t-interval on the "
+              "log per-round ratios; \"not resolved\" when it includes 1; \"no rounds\" for rows timed before "
+              "rounds existed (a bare ratio of medians, no interval). ")
 VERSION_KEYS = ["nin_bench_version", "python_version", "torch_version", "torchvision_version", "fvcore_version",
                 "pandas_version"]
 
@@ -141,7 +146,7 @@ def _reproducibility(train: pd.DataFrame) -> str | None:
 
 
 def _ratio(a: Any, b: Any) -> str:
-    """"1.23×" (a / b), or "–"."""
+    """"1.23×" (a / b), or "–": for counts (params, MACs), exact numbers with no interval to give."""
     return fmt.NA if fmt.missing(a) or fmt.missing(b) or float(b) == 0 else f"{float(a) / float(b):.2f}×"
 
 
@@ -150,8 +155,9 @@ def _cost(best: pd.Series, base: pd.Series) -> str:
     s = (f"It has {fmt.params(best['params'])} params ({_ratio(best['params'], base['params'])} the baseline's), "
          f"{fmt.macs(best['macs'])} MACs per image ({_ratio(best['macs'], base['macs'])})")
     if not fmt.missing(best["train_img_per_s"]):
-        s += (f" and trains at {fmt.rate(best['train_img_per_s'])} img/s "
-              f"({_ratio(best['train_img_per_s'], base['train_img_per_s'])} the baseline's)")
+        speed = stored_ratio(best, "train_speedup")
+        s += f" and trains at {fmt.rate(best['train_img_per_s'])} img/s"
+        s += f" ({ratio_text(speed)} the baseline's train-step speed)" if speed is not None else ""
     return s + "."
 
 
@@ -236,7 +242,7 @@ def table_note(t: pd.DataFrame, ref_bs: int | None, dtype: Any) -> str:
             "torch.utils.flop_counter. ")
     if t[["fwd_img_per_s", "train_img_per_s"]].notna().any().any():
         note += (f"Throughput at batch {ref_bs} in {dtype} (another batch is named where that one failed); MFU = "
-                 "achieved FLOP/s ÷ the measured matmul peak. ")
+                 "achieved FLOP/s ÷ the measured matmul peak. " + SPEED_NOTE)
     if t["test_acc_mean"].notna().any():
         note += ("Test accuracy: mean ± std (ddof 1) over seeds; 95 % CI = mean ± t(0.975, n−1)·std/√n; "
                  "Δ = paired difference to the baseline over the seeds both have, with its t-CI. ")

@@ -94,6 +94,35 @@ def paired_delta(variant: pd.Series, baseline: pd.Series, level: float = LEVEL) 
     return t_estimate((variant[shared] - baseline[shared]).to_numpy(), level)
 
 
+def welch_delta(b: np.ndarray | list[float], a: np.ndarray | list[float], level: float = LEVEL) -> Estimate:
+    """Unpaired difference mean(b) − mean(a) with a Welch t-interval (unequal variances).
+
+    Args:
+        b: one sample (NaNs dropped).
+        a: the other.
+        level: confidence level.
+
+    Returns:
+        An `Estimate`: `std` is the standard error of the difference, `n` the smaller sample; no interval unless
+        both samples have two values or more.
+    """
+    xb, xa = (np.asarray(v, dtype=float) for v in (b, a))
+    xb, xa = xb[~np.isnan(xb)], xa[~np.isnan(xa)]
+    n = min(len(xa), len(xb))
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0, math.nan, math.nan)
+    diff = float(xb.mean() - xa.mean())
+    if n < 2:
+        return Estimate(diff, math.nan, n, math.nan, math.nan)
+    vb, va = xb.var(ddof=1) / len(xb), xa.var(ddof=1) / len(xa)
+    se = math.sqrt(vb + va)
+    if se == 0:
+        return Estimate(diff, 0.0, n, diff, diff)
+    df = (vb + va) ** 2 / (vb ** 2 / (len(xb) - 1) + va ** 2 / (len(xa) - 1))
+    half = float(sps.t.ppf((1 + level) / 2, df)) * se
+    return Estimate(diff, se, n, diff - half, diff + half)
+
+
 def wilson(p: float, n: float, level: float = LEVEL) -> tuple[float, float]:
     """Wilson score interval of a proportion.
 

@@ -100,7 +100,7 @@ def failure_text(rows: list[dict[str, Any]]) -> str:
         if r.get("status", "ok") == "ok":
             continue
         where = [r.get("stage", "?")]
-        if r.get("stage") == "timing":
+        if r.get("stage") in ("timing", "timing_round"):
             where += [str(r.get("mode", "")), f"bs {r.get('batch_size')}", str(r.get("dtype", ""))]
         if r.get("seed") is not None:
             where.append(f"seed {r['seed']}")

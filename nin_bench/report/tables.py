@@ -7,12 +7,15 @@ import pandas as pd
 
 from nin_bench.report import fmt
 from nin_bench.report.load import Run, baselines, grid_axes, variant_label
+from nin_bench.report.ratios import TimingIndex, ratio_text, stored_ratio
 from nin_bench.report.stats import NORMAL_DIFF, WILSON, accuracy_stats
 
 SIZE_COLS = ["params", "macs", "flops_fwd"]
 TIMING_COLS = ["fwd_batch_size", "fwd_img_per_s", "mfu_fwd", "train_batch_size", "train_img_per_s", "mfu_train"]
 ACC_COLS = ["test_acc_mean", "test_acc_std", "n", "ci_lo", "ci_hi", "ci_method", "test_size", "delta_mean",
             "delta_std", "delta_n", "delta_ci_lo", "delta_ci_hi", "delta_ci_method"]
+# Speed vs the baseline at the row's own timing setting (> 1: faster), `nin_bench.report.ratios`.
+SPEED_COLS = [f"{p}_speedup{s}" for p in ("fwd", "train") for s in ("", "_lo", "_hi", "_rounds")]
 TEST_SET = " (test set)"  # marks a single-seed interval that covers test-set sampling only
 
 
@@ -28,7 +31,7 @@ def results_table(run: Run) -> pd.DataFrame:
     s = run.summary
     if s.empty:
         return pd.DataFrame(columns=["dataset", "variant", "label", "is_baseline", *SIZE_COLS, *TIMING_COLS,
-                                     *ACC_COLS, "status"])
+                                     *SPEED_COLS, *ACC_COLS, "status"])
     base = baselines(s, run.config)
     acc = accuracy_stats(run.stage("train"), base, dict(zip(s["variant"], s["dataset"].astype(str))))
     axes = grid_axes(run.config, s)
@@ -38,7 +41,40 @@ def results_table(run: Run) -> pd.DataFrame:
     acc = acc.reindex(list(s["variant"])) if not acc.empty else pd.DataFrame(index=list(s["variant"]))
     for col in ACC_COLS:
         out[col] = acc[col].to_numpy() if col in acc else float("nan")
-    return out[["dataset", "variant", "label", "is_baseline", *SIZE_COLS, *TIMING_COLS, *ACC_COLS, "status"]]
+    speed = _speedups(run, base)
+    for col in SPEED_COLS:
+        out[col] = [row.get(col, float("nan")) for row in speed]
+    return out[["dataset", "variant", "label", "is_baseline", *SIZE_COLS, *TIMING_COLS, *SPEED_COLS, *ACC_COLS,
+                "status"]]
+
+
+def _speedups(run: Run, base: dict[str, str | None]) -> list[dict[str, float]]:
+    """Per summary row, its forward and train-step speed ÷ its data set's baseline's at the row's setting."""
+    idx = TimingIndex(run.stage("timing"), run.stage("timing_round"))
+    out = []
+    for _, r in run.summary.iterrows():
+        b, cols = base.get(str(r["dataset"])), {}
+        for pre, mode in (("fwd", "forward"), ("train", "train_step")):
+            if b is None or b == r["variant"] or fmt.missing(r[f"{pre}_batch_size"]):
+                continue
+            setting = (mode, int(r[f"{pre}_batch_size"]), str(r["dtype"]), bool(r["channels_last"]),
+                       bool(r["compile"]))
+            ratio = idx.speed_ratio(str(r["variant"]), b, setting)
+            if ratio is not None:
+                cols |= {f"{pre}_speedup": ratio.value, f"{pre}_speedup_lo": ratio.lo,
+                         f"{pre}_speedup_hi": ratio.hi, f"{pre}_speedup_rounds": ratio.n}
+        out.append(cols)
+    return out
+
+
+def _speed_cell(r: pd.Series, pre: str) -> str:
+    """"1.10× [1.05, 1.15]", "… (not resolved)", "1.06× (no rounds)"; "baseline" on the baseline's row."""
+    if r["is_baseline"]:
+        return "baseline"
+    ratio = stored_ratio(r, f"{pre}_speedup")
+    if ratio is None:
+        return fmt.NA
+    return ratio_text(ratio).replace(", not resolved", " (not resolved)").replace(": no interval", "")
 
 
 def _rate_cell(ips: Any, mfu: Any, bs: Any, ref: int | None) -> str:
@@ -64,7 +100,8 @@ def display_table(table: pd.DataFrame, ref_bs: int | None) -> tuple[list[str], l
     has_timing = table[["fwd_img_per_s", "train_img_per_s"]].notna().any().any()
     has_acc = table["test_acc_mean"].notna().any()
     if has_timing:
-        header += [f"Fwd img/s{at} (MFU)", f"Train img/s{at} (MFU)"]
+        header += [f"Fwd img/s{at} (MFU)", f"Train img/s{at} (MFU)", "Fwd speed vs baseline (95 % CI)",
+                   "Train speed vs baseline (95 % CI)"]
     if has_acc:
         header += ["Test acc (mean ± std)", "n", "95 % CI", "Δ vs baseline", "Δ 95 % CI (n)"]
     rows = []
@@ -73,7 +110,8 @@ def display_table(table: pd.DataFrame, ref_bs: int | None) -> tuple[list[str], l
                  fmt.macs(r["macs"]), fmt.macs(r["flops_fwd"])]
         if has_timing:
             cells += [_rate_cell(r["fwd_img_per_s"], r["mfu_fwd"], r["fwd_batch_size"], ref_bs),
-                      _rate_cell(r["train_img_per_s"], r["mfu_train"], r["train_batch_size"], ref_bs)]
+                      _rate_cell(r["train_img_per_s"], r["mfu_train"], r["train_batch_size"], ref_bs),
+                      _speed_cell(r, "fwd"), _speed_cell(r, "train")]
         if has_acc:
             cells += _acc_cells(r)
         rows.append(cells)

@@ -11,10 +11,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
-from nin_bench.store.schema import LAYER_KEY, SETTING_KEYS, STAGES, UNIT_OF_KIND
+from nin_bench.store.schema import LAYER_KEY, ROUND_KEY, SETTING_KEYS, STAGES, UNIT_OF_KIND
 
-# What tells two timing (or layer-timing) rows of one variant apart.
-_SETTING = (*SETTING_KEYS, LAYER_KEY)
+# What tells two timing (layer-timing, timing-round) rows of one variant apart.
+_SETTING = (*SETTING_KEYS, LAYER_KEY, ROUND_KEY)
 
 
 def _clean(value: Any) -> Any:
@@ -45,12 +45,11 @@ def parse_jsonl(text: str) -> list[dict[str, Any]]:
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    """What a record measures: (variant, stage, seed, epoch), plus the setting (and round) of a timing row.
+    """What a record measures: (variant, stage, seed, epoch), plus the setting (and layer, round) of a timing row.
     Later records of a key win."""
     setting = (tuple(r.get(k) for k in _SETTING) if UNIT_OF_KIND.get(r.get("stage"), r.get("stage")) == "timing"
                else ())
-    rnd = (r.get("round"),) if r.get("stage") == "timing_round" else ()
-    return (r.get("variant"), r.get("stage"), r.get("seed"), r.get("epoch"), *setting, *rnd)
+    return (r.get("variant"), r.get("stage"), r.get("seed"), r.get("epoch"), *setting)
 
 
 def unit_key(r: dict[str, Any]) -> tuple:

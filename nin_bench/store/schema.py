@@ -25,6 +25,8 @@ SHARED_COLUMNS = VARIANT_COLUMNS + RUN_COLUMNS
 # What tells two timing rows of one variant apart, and the part of it a layer-timing row shares.
 SETTING_KEYS = ("mode", "batch_size", "dtype", "channels_last", "compile")
 LAYER_SETTING_KEYS = ("batch_size", "dtype", "channels_last")
+# A timing_round row's round (0-based): rows of one (setting, round) in one folder were measured back to back.
+ROUND_KEY = "round"
 LAYER_KEY = "layer"  # a layer-timing row's leaf module ("rest" for the time in no layer)
 REST_LAYER = "rest"
 
@@ -43,8 +45,8 @@ KEYS: dict[str, tuple[str, ...]] = {
         "compile_s", "compiled_graphs", "graph_breaks", "flops_per_img", "achieved_tflops", "peak_tflops", "mfu",
         "threads", "warmup", "repeats", "cudnn_benchmark", "fp32_conv_precision", "error_kind", "rounds",
         "round_seed", "round_ms_min", "round_ms_max", "round_spread_pct"),
-    "timing_round": SETTING_KEYS + ("round", "round_pos", "round_seed", "ms_median", "img_per_s", "repeats",
-                                    "threads"),
+    "timing_round": SETTING_KEYS + (
+        ROUND_KEY, "round_pos", "round_seed", "ms_median", "img_per_s", "repeats", "threads"),
     "layer_timing": LAYER_SETTING_KEYS + (
         LAYER_KEY, "block", "kind", "fwd_ms", "fwd_train_ms", "bwd_ms", "macs", "macs_batch", "flops", "bytes",
         "intensity", "bound", "roofline_ms", "attained", "peak_tflops", "mem_gb_per_s", "timing_fwd_ms",
