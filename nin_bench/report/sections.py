@@ -118,9 +118,12 @@ def _gpu_facts(m: dict[str, Any]) -> str:
 
 def _timing_line(tm: dict[str, Any]) -> str:
     """The "**Timing:** ..." bullet: the sweep's settings, and where compiled rows ran."""
-    keys = ["batch_sizes", "reference_batch_size", "dtypes", "channels_last", "compile", "warmup", "repeats"]
+    keys = ["batch_sizes", "reference_batch_size", "dtypes", "channels_last", "compile", "warmup", "repeats",
+            "rounds", "round_seed"]
     text = "**Timing:** " + ", ".join(f"{k} {tm[k]}" for k in keys if k in tm)
-    text += " (median per-iteration time reported)."
+    text += (" (the variants timed side by side in interleaved rounds of `repeats` iterations each; a row is the "
+             "median over rounds of each round's median)." if "rounds" in tm
+             else " (median per-iteration time reported).")
     compile_ = tm.get("compile") or []
     if True in compile_:
         sizes = tm.get("compile_batch_sizes") or ([tm.get("reference_batch_size")] if False in compile_
