@@ -66,7 +66,7 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     moved from `timing.threads` to the run-level `threads` (it governs training too). Since the suite composes
     last (its own plain keys beat a protocol's cpu:/gpu: block), the three seeds of dropout, full, head and
     one_by_one are written in the paper protocol file, under cpu_short's `cpu: {seeds: [0]}`, so that they
-    resolve as before.
+    resolve as before. `report.equivalence_margin_pp` (default 1.0) was added to every report section.
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]

@@ -5,7 +5,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from nin_bench.report import layers, maps, paper, plots, protocol, sections, tables, timing_check
+from nin_bench.report import (
+    answer,
+    comparisons,
+    layers,
+    maps,
+    paper,
+    plots,
+    protocol,
+    sections,
+    tables,
+    timing_check,
+)
 from nin_bench.report.document import Doc, to_html, to_markdown
 from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
 from nin_bench.report.ratios import TimingIndex
@@ -138,17 +149,20 @@ def _timing_check_section(doc: Doc, run: Run, checks: list[timing_check.PairChec
     doc.p(loud or "Every pair times within 7 %: the timing passes its self-check.")
 
 
-def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
+def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -> tuple[Doc, pd.DataFrame, str]:
     """Build the report's content.
 
     Args:
         run: the loaded results folder.
         out: the results folder (figures go to its figures/).
+        cmp: `comparisons.compare_run(run)` (computed when not given).
 
     Returns:
         (document, full-precision table, LaTeX tables).
     """
     table = tables.results_table(run)
+    cmp = comparisons.compare_run(run) if cmp is None else cmp
+    margin = comparisons.margin_of(run.config)
     doc = Doc(f"{run.config.get('name', run.results_dir.name)}: NiN benchmark report")
     doc.p(f"**Question.** {run.config.get('description', '(no description in the config)')}")
     checks = timing_check.check_pairs(run.stage("timing"), run.stage("timing_round"), run.config)
@@ -158,7 +172,10 @@ def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     doc.h(2, "Answer")
     if table["test_acc_mean"].notna().any():
         for ds, t in table.groupby("dataset", sort=False):
-            doc.p(sections.answer_for(str(ds), t))
+            doc.p(sections.answer_for(str(ds), t, cmp, margin))
+            factorial = answer.factorial_text(str(ds), cmp)
+            if factorial:
+                doc.p(factorial)
     else:
         doc.p(sections.size_answer(table))
     doc.h(2, "What was run")
@@ -169,6 +186,7 @@ def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
         doc.p(note)
     doc.ul(items[1:])
     tex = _result_tables(doc, run, table) if not table.empty else ""
+    tex += answer.add_section(doc, cmp, margin)
     _paper_section(doc, run)
     _timing_check_section(doc, run, checks)
     _layer_section(doc, run, out)
@@ -180,12 +198,13 @@ def build_document(run: Run, out: ResultsDir) -> tuple[Doc, pd.DataFrame, str]:
     else:
         doc.p("None: every recorded stage finished with status ok.")
     doc.p("Files: `summary.csv` (one row per variant), `tables.csv` (these tables at full precision), "
+          "`comparisons.csv` (every pairwise comparison and factorial effect at full precision), "
           "`tables.tex` (LaTeX, booktabs), `figures/` (PNG 150 dpi + SVG), `records.jsonl` (every measurement).")
     return doc, table, tex
 
 
 def build_report(results_dir: Path | ResultsDir) -> Path:
-    """Write report.md, report.html, tables.csv, tables.tex and figures/ for a results folder.
+    """Write report.md, report.html, tables.csv, comparisons.csv, tables.tex and figures/ for a results folder.
 
     Reads only the stored records (never torch, never re-measures), so it can be re-run anywhere.
 
@@ -197,8 +216,10 @@ def build_report(results_dir: Path | ResultsDir) -> Path:
     """
     out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
     run = load_run(out)
-    doc, table, tex = build_document(run, out)
+    cmp = comparisons.compare_run(run)
+    doc, table, tex = build_document(run, out, cmp)
     out.write(out.tables_csv, table.to_csv(index=False))
+    out.write(out.comparisons_csv, cmp.to_csv(index=False))
     out.write(out.tables_tex, "% \\usepackage{booktabs}\n" + tex)
     out.write(out.report_html, to_html(doc))
     out.write(out.report_md, to_markdown(doc, out.root))

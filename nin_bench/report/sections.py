@@ -5,10 +5,10 @@ from typing import Any
 
 import pandas as pd
 
-from nin_bench.report import fmt, protocol
+from nin_bench.report import answer, fmt, protocol
 from nin_bench.report.load import Run
 from nin_bench.report.ratios import ratio_text, stored_ratio
-from nin_bench.report.stats import NORMAL_DIFF, WILSON
+from nin_bench.report.stats import WILSON
 
 SPEED_NOTE = ("Speed vs baseline: the baseline's time ÷ the variant's at the same setting (> 1: faster), the "
               "geometric mean over the timing rounds that measured both back to back, with a 95 % t-interval on the "
@@ -164,48 +164,24 @@ def _cost(best: pd.Series, base: pd.Series) -> str:
     return s + "."
 
 
-def _certainty(r: pd.Series) -> str:
-    """How sure the paired delta is: its CI and whether that excludes zero (test-set interval for one seed)."""
-    n = 0 if fmt.missing(r["delta_n"]) else int(r["delta_n"])
-    ci = fmt.interval(r["delta_ci_lo"], r["delta_ci_hi"], signed=True, unit="pp")
-    excludes = r["delta_ci_lo"] > 0 or r["delta_ci_hi"] < 0
-    if n == 1 and r["delta_ci_method"] == NORMAL_DIFF:
-        sure = "excludes 0" if excludes else "includes 0, so test-set sampling alone leaves the difference open"
-        return (f"one seed, so its 95 % interval {ci} covers test-set sampling only, not seed-to-seed variation; "
-                f"it {sure}")
-    if n < 2:
-        return f"paired over {n} seed{'s' if n != 1 else ''}, so no confidence interval"
-    sure = "excludes 0" if excludes else "includes 0, so these seeds do not resolve the difference"
-    return f"95 % CI {ci} over {n} paired seeds, which {sure}"
-
-
-def answer_for(ds: str, t: pd.DataFrame) -> str:
+def answer_for(ds: str, t: pd.DataFrame, comparisons: pd.DataFrame, margin: float) -> str:
     """The answer sentence(s) for one data set's full-precision table rows.
 
     Args:
         ds: data set name.
         t: its rows of `tables.results_table`.
+        comparisons: `comparisons.compare_run` of the run.
+        margin: equivalence margin (fraction).
 
     Returns:
-        Text naming the most accurate variant, its margin over the baseline with CI, and its cost.
+        `answer.verdict`'s text (a best variant only when the seeds resolve it from every other, else the group
+        that cannot be told apart), and the cost of a resolved best variant against the baseline.
     """
-    trained = t[t["test_acc_mean"].notna()].sort_values("test_acc_mean", ascending=False)
-    if trained.empty:
-        return f"**{ds}:** no variant has a test accuracy yet."
-    best = trained.iloc[0]
-    acc = f"{fmt.acc_pm(best['test_acc_mean'], best['test_acc_std'])} (n = {int(best['n'])})"
-    bases = t[t["is_baseline"]]
-    if bases.empty or bases.iloc[0]["variant"] not in set(trained["variant"]):
-        return f"**{ds}:** best test accuracy: {best['label']}, {acc}; the baseline was not trained."
-    base = bases.iloc[0]
-    if best["is_baseline"]:
-        text = f"**{ds}:** the baseline {best['label']} has the best test accuracy, {acc}."
-        if len(trained) > 1:
-            nxt = trained.iloc[1]
-            text += f" Next is {nxt['label']} at {fmt.delta(nxt['delta_mean'])} ({_certainty(nxt)})."
+    text, best = answer.verdict(ds, t, comparisons, margin)
+    base = t[t["is_baseline"]]
+    if best is None or base.empty or best == base.iloc[0]["variant"]:
         return text
-    return (f"**{ds}:** {best['label']} has the best test accuracy, {acc}: {fmt.delta(best['delta_mean'])} over "
-            f"the baseline {base['label']} ({_certainty(best)}). " + _cost(best, base))
+    return text + " " + _cost(t[t["variant"] == best].iloc[0], base.iloc[0])
 
 
 def size_answer(t: pd.DataFrame) -> str:

@@ -152,9 +152,9 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _tex(s: str) -> str:
-    """Escape LaTeX specials and typeset ± / Δ / en dash in math or text mode."""
+    """Escape LaTeX specials and typeset ± / Δ / en dash / minus / × in math or text mode."""
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("–", "--")):
+                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("–", "--"), ("−", "$-$"), ("×", r"$\times$")):
         s = s.replace(a, b)
     return s
 

@@ -3,7 +3,7 @@
 Layout (the committed part, then the git-ignored `.cache/`):
 
     records.jsonl  summary.csv  config.resolved.yaml  manifest.json  report.md  report.html  tables.csv
-    tables.tex  figures/  maps/
+    comparisons.csv  tables.tex  figures/  maps/
     .cache/lock  .cache/append.journal  .cache/checkpoints/  .cache/scratch/  .cache/superseded-<time>/
 
 Appends are atomic per batch of records: the byte range a batch will occupy is written to a journal before
@@ -45,13 +45,15 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 TABLES_CSV = "tables.csv"
 TABLES_TEX = "tables.tex"
+COMPARISONS_CSV = "comparisons.csv"  # the report's pairwise comparisons and factorial effects
 FIGURES = "figures"
 MAPS = "maps"
 SELFCHECK_JSON = "selfcheck.json"  # a GPU self-check folder's results (`nin_bench.run.gpu_session`)
 SELFCHECK_MD = "selfcheck.md"
 PACKING_JSON = "packing.json"  # the self-check folder's measurement of concurrent training runs on the device
 # What a run produces; a folder superseded by another config gives these up (the ignored .cache/ stays).
-GENERATED = (RECORDS, SUMMARY, CONFIG, MANIFEST, REPORT_MD, REPORT_HTML, TABLES_TEX, TABLES_CSV, MAPS, FIGURES)
+GENERATED = (RECORDS, SUMMARY, CONFIG, MANIFEST, REPORT_MD, REPORT_HTML, TABLES_TEX, TABLES_CSV, COMPARISONS_CSV,
+             MAPS, FIGURES)
 CACHE = ".cache"
 
 
@@ -104,6 +106,10 @@ class ResultsDir:
     @property
     def tables_tex(self) -> Path:
         return self.root / TABLES_TEX
+
+    @property
+    def comparisons_csv(self) -> Path:
+        return self.root / COMPARISONS_CSV
 
     @property
     def figures(self) -> Path:

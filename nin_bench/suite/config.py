@@ -165,6 +165,10 @@ class ReportSettings(_Section):
     """How the report compares variants."""
 
     baseline: dict[str, Any] = {}  # dotted grid keys -> value; empty: the first grid point
+    # a difference of test accuracy smaller than this (percentage points) counts as none: "buys nothing" is said
+    # only when TOST puts the difference's 90 % CI inside ±margin; 1 pp is about the seed-to-seed SD
+    # of the committed CPU runs (0.1-1.6 pp)
+    equivalence_margin_pp: float = Field(1.0, gt=0)
 
 
 class SuiteConfig(_Section):
