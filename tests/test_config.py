@@ -67,6 +67,8 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     last (its own plain keys beat a protocol's cpu:/gpu: block), the three seeds of dropout, full, head and
     one_by_one are written in the paper protocol file, under cpu_short's `cpu: {seeds: [0]}`, so that they
     resolve as before. `report.equivalence_margin_pp` (default 1.0) was added to every report section.
+    Timing in interleaved rounds added `timing.rounds` (default 5; 3 under --quick) and `timing.round_seed` (0);
+    cpu_short times 10 repeats per round (5 rounds: the 50 iterations it timed before) and --quick 3 per round.
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]
@@ -119,7 +121,7 @@ def test_protocol_blocks():
     gpu, protocol, device = resolve_protocol(cfg, cuda=True)
     assert (protocol, device, gpu.timing.dtypes, gpu.model.width) == ("gpu", "cuda", ["bf16"], 1.0)
     quick, protocol, _ = resolve_protocol(cfg, cuda=False, quick=True)
-    assert (protocol, quick.train.epochs, quick.seeds, quick.timing.repeats) == ("quick", 1, [0], 5)
+    assert (protocol, quick.train.epochs, quick.seeds, quick.timing.repeats) == ("quick", 1, [0], 3)
     assert quick.timing.batch_sizes == [1, 128]
 
 
@@ -363,7 +365,8 @@ def test_quick_only_shrinks():
     cfg = validate(_raw(data={"dataset": "imagefolder", "path": "imgs"}, train={"val_size": 30, "epochs": 2},
                         timing={"warmup": 1, "repeats": 3, "batch_sizes": [8, 32, 128],
                                 "layer_timing_batch_sizes": [32], "compile_batch_sizes": [32, 128]}))
-    assert quick_shrink(cfg) == {"timing.warmup": 1, "timing.repeats": 3, "train.epochs": 1, "train.subset": 2000,
+    assert quick_shrink(cfg) == {"timing.warmup": 1, "timing.repeats": 3, "timing.rounds": 3, "train.epochs": 1,
+                                 "train.subset": 2000,
                                  "train.val_size": 30, "timing.batch_sizes": [8, 128],
                                  "timing.layer_timing_batch_sizes": None, "timing.compile_batch_sizes": [128],
                                  "seeds": [0]}
@@ -395,7 +398,7 @@ def test_explain_names_every_origin(tmp_path):
     assert quick["train.epochs"] == (1, "--quick")
     assert quick["train.lr"] == (0.3, "protocol p.yaml: quick")
     assert quick["train.momentum"] == (0.7, "suite: quick")
-    assert quick["timing.repeats"] == (5, "--quick")
+    assert quick["timing.repeats"] == (3, "--quick")
     gpu = {s.key: (s.value, s.origin) for s in explain(path, ["cpu.train.lr=0.1"], cuda=True).settings}
     assert gpu["model.width"] == (1.0, "default") and gpu["train.lr"] == (0.05, "protocol p.yaml")
     cpu = {s.key: (s.value, s.origin) for s in explain(path, ["cpu.train.lr=0.1"], cuda=False).settings}
