@@ -3,7 +3,8 @@
     python -m nin_bench run CONFIG [--out DIR] [--stages profile,timing] [--set k=v]... [--device auto|cpu|cuda]
                                    [--quick] [--full] [--no-progress] [--executor local|ray] [--ray-address ADDR]
     python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full] [--explain]
-    python -m nin_bench inspect PRESET|CONFIG [--set k=v]... [--time [--batch N] [--dtype D] [--device D]]
+    python -m nin_bench inspect PRESET|CONFIG [--set k=v]... [--time [--batch N] [--dtype D] [--device D]
+                                                              [--trace FILE]]
     python -m nin_bench report DIR
     python -m nin_bench compare DIR_A DIR_B [--json]
     python -m nin_bench gpu-session [--results DIR] [--suites DIR] [--budget-s S] [--rehearse] [--steps A,B|list]
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--batch", type=int, help="batch size for --time (default: timing.reference_batch_size)")
     ins.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="for --time (autocast)")
     ins.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="for --time")
+    ins.add_argument("--trace", type=Path, metavar="FILE",
+                     help="with --time: write the profiled forward's Chrome/Perfetto trace (with the per-layer "
+                          "ranges) to FILE, one file per variant (FILE-<variant>.json) for a suite of several")
     rep = sub.add_parser("report", help="(re)build report.md/html, tables and figures from stored records")
     rep.add_argument("results_dir", type=Path)
     cmp = sub.add_parser("compare", help="B against A: what differs, every shared timing row's B ÷ A time and "
@@ -166,8 +170,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {args.batch}")
+    if args.trace is not None and not args.time:
+        raise UserError("--trace needs --time (the trace is the timed forward's)")
     print(inspect_target(args.target, args.set, time=args.time, batch=args.batch, dtype=args.dtype,
-                         device=args.device))
+                         device=args.device, trace=args.trace))
     return 0
 
 

@@ -79,17 +79,30 @@ def test_inspect_preset_prints_layer_table():
     assert res.returncode == 2 and "neither a preset" in res.stderr
 
 
-def test_inspect_time_prints_the_per_layer_time_table(monkeypatch, capfd):
+def _fixed_ceilings(monkeypatch) -> None:
+    """Ceilings that cost nothing to measure (what they are is not what these tests check)."""
+    monkeypatch.setattr("nin_bench.measure.ceilings.gemm_peaks", lambda device, dtype: {"gemm_blas": 1e11})
+    monkeypatch.setattr("nin_bench.measure.ceilings.isa_peak_now", lambda: None)
+    monkeypatch.setattr("nin_bench.measure.ceilings.memory_bandwidth", lambda device: 1e10)
+
+
+def test_inspect_time_prints_the_per_layer_time_table(monkeypatch, capfd, tmp_path):
     """In this process, with fixed ceilings (measuring them is not what this checks); capfd sees the C level too."""
     from nin_bench.cli import main
 
-    monkeypatch.setattr("nin_bench.measure.ceilings.matmul_peak_flops", lambda device, dtype: 1e11)
-    monkeypatch.setattr("nin_bench.measure.ceilings.memory_bandwidth", lambda device: 1e10)
-    assert main(["inspect", "nin_cifar", "--set", "model.width=0.125", "--time", "--batch", "4"]) == 0
+    _fixed_ceilings(monkeypatch)
+    trace = tmp_path / "trace.json"
+    assert main(["inspect", "nin_cifar", "--set", "model.width=0.125", "--time", "--batch", "4",
+                 "--trace", str(trace)]) == 0
     out, err = capfd.readouterr()
     table = out.split("end-to-end forward")[1]
     assert "features.block1.conv2  conv_1x1" in table and "\nrest " in table and "bound" in table
+    assert "roof 0.1 TFLOP/s (gemm_blas)" in out and f"trace: {trace}" in out
     assert not err.strip()  # kineto's profiler chatter is silenced
+    # the profiled forward as a Chrome/Perfetto trace, with the layer ranges the attribution uses
+    names = {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]}
+    assert {"layer::features.block1.conv1", "layer::head.gap", "model::forward", "iter::0"} <= names
+    assert main(["inspect", "nin_cifar", "--trace", str(trace)]) == 2  # a trace is of the timed forward
     res = nin("inspect", "nin_cifar", "--time", "--batch", "0")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
 

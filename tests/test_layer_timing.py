@@ -191,3 +191,42 @@ def test_bad_arguments_name_the_value():
         time_layers(_model(), SHAPE, batch_size=2, device="cpu", dtype="fp8")
     with pytest.raises(ValueError, match="repeats=0"):
         time_layers(_model(), SHAPE, batch_size=2, device="cpu", repeats=0)
+
+
+class _Ev:
+    """A stand-in for a profiler FunctionEvent (what `_attribute` reads of one)."""
+
+    def __init__(self, name, start, end, kernels_us=(), parent=None, seq=-1, thread=1, total_us=None):
+        self.name, self.cpu_parent, self.sequence_nr, self.thread = name, parent, seq, thread
+        self.time_range = type("R", (), {"start": start, "end": end})()
+        self.device_type = torch.autograd.DeviceType.CPU
+        self.kernels = [type("K", (), {"duration": d})() for d in kernels_us]
+        self.device_time_total = sum(kernels_us) if total_us is None else total_us  # the children's kernels too
+        self.cpu_time_total = (end - start)
+
+
+def test_cuda_rows_sum_to_busy_time_and_idle_is_apart():
+    """On CUDA the end to end is the unprofiled time, the rows sum to the kernels' busy time and the rest row's
+    idle holds the difference (fake events: the logic, which the CPU cannot exercise with real kernels)."""
+    from nin_bench.measure.layer_timing import _attribute, _rest_row
+
+    it0 = _Ev("iter::0", 0, 100)
+    conv = _Ev("layer::conv", 10, 40, parent=it0, total_us=3000)
+    events = [it0, conv, _Ev("aten::conv2d", 11, 39, kernels_us=(3000,), parent=conv),  # 3 ms in the layer
+              _Ev("aten::add", 50, 60, kernels_us=(500, 250), parent=it0),  # 0.75 ms in no layer
+              _Ev("aten::mul", 150, 160, kernels_us=(9000,))]  # between windows: no iteration's
+    (it,) = _attribute(events, [5.0], cuda=True)
+    assert it["busy_ms"] == pytest.approx(3.75, rel=1e-12) and it["fwd"] == {"conv": pytest.approx(3.0)}
+    (cpu,) = _attribute(events, [5.0], cuda=False)
+    assert cpu["busy_ms"] == 0.0  # the CPU has no busy time apart from the end to end
+    rows = [{"fwd_ms": 3.0, "fwd_train_ms": 3.0, "bwd_ms": 4.0}]
+    e2e = {"e2e_fwd_ms": 5.0, "e2e_train_step_ms": 12.0, "e2e_train_fwd_ms": 3.5}
+    step = [{"busy_ms": 9.0}]
+    rest = _rest_row(rows, [it], step, e2e, {}, cuda=True)
+    assert rest["fwd_ms"] == pytest.approx(0.75) and rest["idle_fwd_ms"] == pytest.approx(1.25)
+    assert rows[0]["fwd_ms"] + rest["fwd_ms"] + rest["idle_fwd_ms"] == pytest.approx(e2e["e2e_fwd_ms"])
+    assert rest["bwd_ms"] == pytest.approx(9.0 - 3.5 - 4.0) and rest["idle_train_step_ms"] == pytest.approx(3.0)
+    total = sum(r["fwd_train_ms"] + r["bwd_ms"] for r in (rows[0], rest)) + rest["idle_train_step_ms"]
+    assert total == pytest.approx(e2e["e2e_train_step_ms"])
+    on_cpu = _rest_row(rows, [it], step, e2e, {}, cuda=False)
+    assert on_cpu["fwd_ms"] == pytest.approx(2.0) and on_cpu["idle_fwd_ms"] is None

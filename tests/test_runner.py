@@ -150,19 +150,27 @@ def test_timing_alone_still_reports_mfu(tmp_path):
 
 
 def test_ceilings_are_measured_once_for_the_dtypes_the_timing_units_use(tmp_path, monkeypatch):
-    """One measurement per dtype and one of the bandwidth for the whole run, none without timing units."""
+    """One measurement per dtype (with the suite's convolutions as a candidate) and one of the bandwidth for the
+    whole run, none without timing units; the manifest names every candidate and the source that won."""
     calls = []
-    monkeypatch.setattr("nin_bench.measure.ceilings.matmul_peak_flops",
-                        lambda device, dtype: calls.append(dtype) or 3e11)
+    monkeypatch.setattr("nin_bench.measure.ceilings.gemm_peaks",
+                        lambda device, dtype: calls.append(dtype) or {"gemm_blas": 3e11, "gemm_onednn": 2e11})
+    monkeypatch.setattr("nin_bench.measure.ceilings.conv_peak",
+                        lambda shapes, device, dtype: calls.append(("conv", len(shapes))) or 1e11)
+    monkeypatch.setattr("nin_bench.measure.ceilings.isa_peak_now", lambda: None)
     monkeypatch.setattr("nin_bench.measure.ceilings.memory_bandwidth", lambda device: calls.append("bw") or 2e10)
     cfg, protocol = _suite(timing={**SMALL_TIMING, "batch_sizes": [2], "reference_batch_size": 2,
                                    "dtypes": ["fp32", "bf16"], "modes": ["forward"]}, stages=["timing"],
                            grid={"model.n_1x1": [0, 1]})
     logs = _run(cfg, protocol, tmp_path, ceilings=None)
-    assert sorted(calls) == ["bf16", "bw", "fp32"]  # two variants, one measurement each
-    assert any(line.startswith("ceilings: matmul peak bf16 0.3, fp32 0.3 TFLOP/s") for line in logs)
+    # two variants, one measurement each; the convs of both models (3 + 6), the block-2 5x5 they share once
+    assert sorted(map(str, calls)) == ["('conv', 8)", "('conv', 8)", "bf16", "bw", "fp32"]
+    assert any(line.startswith("ceilings: bf16 0.3 (gemm_blas), fp32 0.3 (gemm_blas) TFLOP/s") for line in logs)
     timing = [r for r in ResultsDir(tmp_path).read_records() if r["stage"] == "timing"]
     assert {r["peak_tflops"] for r in timing} == {0.3}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["ceilings"]
+    assert manifest["peak_source"] == {"fp32": "gemm_blas", "bf16": "gemm_blas"}
+    assert manifest["candidates_tflops"]["fp32"] == {"gemm_blas": 0.3, "gemm_onednn": 0.2, "conv_suite": 0.1}
     calls.clear()
     units = [u for u in runner.plan(runner.expand_grid(cfg), cfg, set()) if u.stage == "profile"]
     assert runner.run_ceilings(units, "cpu", print).peak_flops == {} and calls == []

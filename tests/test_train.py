@@ -73,6 +73,25 @@ def test_same_seed_same_accuracy(fashion) -> None:
     assert again.epochs[0]["train_loss"] == first.epochs[0]["train_loss"]
 
 
+def test_untimed_warm_up_step_leaves_the_run_bit_identical(fashion) -> None:
+    """The warm-up that absorbs cuDNN's autotuning on CUDA (forced here on the CPU): one forward and backward and
+    every evaluation shape before the clock, with RNG, BatchNorm statistics and gradients restored after."""
+    small = {"dropout": 0.5, "subset": 512, "val_size": 200, "augment": "crop_flip"}
+    plain = _train(fashion, **small)
+    warmed = _train_forced(fashion, **small)
+    assert plain.final["warmup_s"] is None and warmed.final["warmup_s"] > 0
+    assert warmed.final["test_acc"] == plain.final["test_acc"]
+    assert warmed.final["test_loss"] == plain.final["test_loss"]
+    assert warmed.epochs[0]["train_loss"] == plain.epochs[0]["train_loss"]
+    assert warmed.epochs[0]["val_loss"] == plain.epochs[0]["val_loss"]
+
+
+def _train_forced(ds, seed: int = 0, dropout: float = 0.0, **overrides) -> TrainResult:
+    model = _tiny_model(seed, dropout)
+    return train_model(model, ds, TrainSettings(**{**TINY, **overrides}), device="cpu", seed=seed, progress=False,
+                       warm_up_step=True)
+
+
 class _Killed(Exception):
     """Stands in for a kill -9 after the first epoch's checkpoint."""
 

@@ -24,6 +24,7 @@ import copy
 import os
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,9 @@ _BACKWARD = "autograd::engine::evaluate_function: "
 REST_NOTE = ("time in no layer: fwd = the whole forward minus the layers' (Python and dispatch between modules); "
              "bwd = the train step minus its model forward and the layers' backward (loss, gradient accumulation, "
              "SGD step, framework)")
+REST_NOTE_CUDA = ("kernels in no layer: fwd = the forward's kernel time minus the layers'; bwd = the train step's kernel "
+                  "time minus its model forward's and the layers' backward (loss, gradient accumulation, SGD step); "
+                  "the device's idle time is apart (idle_fwd_ms, idle_train_step_ms)")
 
 
 def layer_kind(module: nn.Module) -> str:
@@ -158,8 +162,9 @@ def _attribute(events: list[Any], e2e_ms: list[float], cuda: bool) -> list[dict[
     """Sum the layer ranges, the model range and the backward nodes of each profiled iteration.
 
     Returns:
-        One dict per iteration: {"e2e_ms": ms, "model": {"model::forward": ms}, "fwd": {layer: ms},
-        "bwd": {layer: ms}}.
+        One dict per iteration: {"e2e_ms": ms, "busy_ms": ms, "model": {"model::forward": ms}, "fwd": {layer: ms},
+        "bwd": {layer: ms}}; busy_ms is the device time of every kernel launched in the iteration (CUDA; one
+        stream, so kernels do not overlap), 0 on the CPU.
     """
     events = sorted((e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU),
                     key=lambda e: e.time_range.start)  # a CUDA trace also lists device-side copies of user ranges
@@ -167,8 +172,11 @@ def _attribute(events: list[Any], e2e_ms: list[float], cuda: bool) -> list[dict[
                      for e in events if e.name.startswith(_ITER))
     starts = [w[0] for w in windows]
     owners = _forward_owners(events)
-    out = [{"e2e_ms": ms, "model": {}, "fwd": {}, "bwd": {}} for ms in e2e_ms]
+    out = [{"e2e_ms": ms, "busy_ms": 0.0, "model": {}, "fwd": {}, "bwd": {}} for ms in e2e_ms]
     for e in events:
+        w = bisect.bisect_right(starts, e.time_range.start) - 1
+        if cuda and e.kernels and w >= 0 and e.time_range.start <= windows[w][1]:
+            out[windows[w][2]]["busy_ms"] += sum(k.duration for k in e.kernels) / 1e3  # kernels this op launched
         if e.name.startswith(_LAYER):
             part, layer = "fwd", e.name[len(_LAYER):]
         elif e.name.startswith(_BACKWARD):
@@ -178,7 +186,6 @@ def _attribute(events: list[Any], e2e_ms: list[float], cuda: bool) -> list[dict[
             part, layer = "model", _MODEL
         else:
             continue
-        w = bisect.bisect_right(starts, e.time_range.start) - 1
         if layer is None or w < 0 or e.time_range.start > windows[w][1]:
             continue  # a backward node of no layer (loss, AccumulateGrad) is rest; so is anything between windows
         it = out[windows[w][2]]
@@ -186,29 +193,44 @@ def _attribute(events: list[Any], e2e_ms: list[float], cuda: bool) -> list[dict[
     return out
 
 
-def _profile_iterations(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[dict]:
-    """Profile `repeats` calls of fn, each timed end to end, after `warmup` unprofiled ones (see `_attribute`)."""
+def _profile_iterations(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int,
+                        trace: Path | None = None) -> list[dict]:
+    """Profile `repeats` calls of fn, each timed end to end, after `warmup` unprofiled ones (see `_attribute`).
+
+    On the CPU an iteration's end-to-end time is the host clock around it inside the profiled run, so the
+    layers' CPU times and the whole carry the same profiler overhead. On CUDA it comes from `repeats` unprofiled
+    iterations (CUDA events, as the timing stage measures): inside a profiled run the host is slowed by the
+    profiler and the device idles between kernels, so its event time is not the iteration's; the device's idle
+    time is that unprofiled time minus the busy time of the kernels (`busy_ms`). `trace`: also write the profiled
+    run as a Chrome/Perfetto trace there.
+    """
     # kineto logs every profiler start and stop (and, on a CUDA build without a GPU, a device error) to stderr
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     for _ in range(warmup):
         fn()
     sync(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    cuda = device.type == "cuda"
+    unprofiled = iteration_times_ms(fn, device, repeats) if cuda else None
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     e2e: list[float] = []
     with profile(activities=activities) as prof:
         for i in range(repeats):
             with record_function(f"{_ITER}{i}"):
                 e2e += iteration_times_ms(fn, device, 1)  # CUDA events or the host clock around the call
-    return _attribute(list(prof.events()), e2e, device.type == "cuda")
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace))
+    return _attribute(list(prof.events()), unprofiled or e2e, cuda)
 
 
 def _median(iters: list[dict], part: str, name: str | None = None) -> float:
     return statistics.median(it[part] if name is None else it[part].get(name, 0.0) for it in iters)
 
 
-def _measure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, warmup: int,
-             repeats: int) -> tuple[list[dict], list[dict]]:
-    """Profiled iterations of the forward (eval, inference mode) and of `steps.train_step` (train mode, SGD)."""
+def _measure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, warmup: int, repeats: int,
+             trace: Path | None = None) -> tuple[list[dict], list[dict]]:
+    """Profiled iterations of the forward (eval, inference mode; its trace written to `trace` when given) and of
+    `steps.train_step` (train mode, SGD)."""
     device, amp = x.device, amp_dtype(dtype)
 
     def forward() -> None:  # as timing's "forward" mode runs it
@@ -220,7 +242,7 @@ def _measure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, warmu
     hooks = _annotate(net)
     try:
         net.eval()
-        fwd_iters = _profile_iterations(forward, device, warmup, repeats)
+        fwd_iters = _profile_iterations(forward, device, warmup, repeats, trace)
         net.train()
         step_iters = _profile_iterations(lambda: train_step(net, optimizer, x, y, autocast_dtype=amp, scaler=scaler),
                                          device, warmup, repeats)
@@ -245,7 +267,7 @@ def _layer_row(name: str, m: nn.Module, n_in: int, n_out: int, macs: int, batch_
 
 def time_layers(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int, device: str | torch.device,
                 dtype: str = "fp32", channels_last: bool = True, warmup: int = 3, repeats: int = 10,
-                num_classes: int = 10) -> list[dict[str, Any]]:
+                num_classes: int = 10, trace: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Measured forward and backward time of every leaf module of a copy of `model`, with MACs, FLOPs and bytes.
 
     Args:
@@ -258,6 +280,9 @@ def time_layers(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: i
         warmup: unprofiled iterations before each profiled pass.
         repeats: profiled iterations (medians are reported).
         num_classes: range of the random labels.
+        trace: a file to write the profiled forward's Chrome/Perfetto trace to (torch.profiler's
+            `export_chrome_trace`: the `layer::<path>`, `model::forward` and `iter::<i>` ranges beside the ops),
+            to open in https://ui.perfetto.dev or chrome://tracing; None writes none.
 
     Returns:
         One row per leaf module in forward order: layer, block, kind, batch_size, dtype, channels_last, device,
@@ -266,7 +291,9 @@ def time_layers(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: i
         e2e_train_fwd_ms (the model's forward inside the step). Then a "rest" row with a `note`: fwd_ms =
         e2e_fwd_ms - the layers' fwd_ms, fwd_train_ms = e2e_train_fwd_ms - the layers' fwd_train_ms, bwd_ms =
         e2e_train_step_ms - e2e_train_fwd_ms - the layers' bwd_ms; so fwd_ms sums to e2e_fwd_ms over the rows and
-        fwd_train_ms + bwd_ms to e2e_train_step_ms. All times are medians over `repeats` in ms.
+        fwd_train_ms + bwd_ms to e2e_train_step_ms. On CUDA the end-to-end times are unprofiled (CUDA events) and
+        the rows sum to the device's busy time instead; the rest row's idle_fwd_ms and idle_train_step_ms (None
+        on the CPU) hold the difference, so rows + idle = end to end. All times are medians over `repeats` in ms.
 
     Raises:
         ValueError: unknown dtype, repeats < 1 or warmup < 0.
@@ -283,7 +310,7 @@ def time_layers(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: i
     x, y = _make_batch(tuple(input_shape), batch_size, num_classes, device, channels_last)
     macs = {r["name"]: r["macs"] for r in layer_table(copy.deepcopy(model).cpu(), tuple(input_shape))}
     calls = _leaf_calls(net, x)
-    fwd_iters, step_iters = _measure(net, x, y, dtype, warmup, repeats)
+    fwd_iters, step_iters = _measure(net, x, y, dtype, warmup, repeats, None if trace is None else Path(trace))
     itemsize = DTYPES[dtype].itemsize
     e2e = {"e2e_fwd_ms": _median(fwd_iters, "e2e_ms"), "e2e_train_step_ms": _median(step_iters, "e2e_ms"),
            "e2e_train_fwd_ms": _median(step_iters, "model", _MODEL)}
@@ -291,13 +318,28 @@ def time_layers(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: i
     rows = [{**_layer_row(n, m, n_in, n_out, int(macs.get(n, 0)), batch_size, itemsize), **setting,
              "fwd_ms": _median(fwd_iters, "fwd", n), "fwd_train_ms": _median(step_iters, "fwd", n),
              "bwd_ms": _median(step_iters, "bwd", n), **e2e} for n, (m, n_in, n_out) in calls.items()]
-    rows.append({"layer": "rest", "block": "rest", "kind": "rest", "macs": 0, "macs_batch": 0, "flops": 0, "bytes": 0,
-                 "intensity": None, **setting,
-                 "fwd_ms": e2e["e2e_fwd_ms"] - sum(r["fwd_ms"] for r in rows),
-                 "fwd_train_ms": e2e["e2e_train_fwd_ms"] - sum(r["fwd_train_ms"] for r in rows),
-                 "bwd_ms": e2e["e2e_train_step_ms"] - e2e["e2e_train_fwd_ms"] - sum(r["bwd_ms"] for r in rows),
-                 **e2e, "note": REST_NOTE})
+    rows.append(_rest_row(rows, fwd_iters, step_iters, e2e, setting, device.type == "cuda"))
     return rows
+
+
+def _rest_row(rows: list[dict[str, Any]], fwd_iters: list[dict], step_iters: list[dict], e2e: dict[str, float],
+              setting: dict[str, Any], cuda: bool) -> dict[str, Any]:
+    """The time in no layer, so that the rows add up to the whole (see `time_layers`).
+
+    On the CPU the whole is the end-to-end time. On CUDA it is the device's busy time (its kernels), and the rest
+    of the unprofiled end-to-end time is the device's idle time (`idle_fwd_ms`, `idle_train_step_ms`): launch
+    gaps, host work the device waits for.
+    """
+    busy_fwd = _median(fwd_iters, "busy_ms") if cuda else e2e["e2e_fwd_ms"]
+    busy_step = _median(step_iters, "busy_ms") if cuda else e2e["e2e_train_step_ms"]
+    return {"layer": "rest", "block": "rest", "kind": "rest", "macs": 0, "macs_batch": 0, "flops": 0, "bytes": 0,
+            "intensity": None, **setting,
+            "fwd_ms": busy_fwd - sum(r["fwd_ms"] for r in rows),
+            "fwd_train_ms": e2e["e2e_train_fwd_ms"] - sum(r["fwd_train_ms"] for r in rows),
+            "bwd_ms": busy_step - e2e["e2e_train_fwd_ms"] - sum(r["bwd_ms"] for r in rows),
+            **e2e, "idle_fwd_ms": e2e["e2e_fwd_ms"] - busy_fwd if cuda else None,
+            "idle_train_step_ms": e2e["e2e_train_step_ms"] - busy_step if cuda else None,
+            "note": REST_NOTE_CUDA if cuda else REST_NOTE}
 
 
 def format_layer_times(rows: list[dict[str, Any]]) -> str:
@@ -336,6 +378,13 @@ def format_layer_times(rows: list[dict[str, Any]]) -> str:
              f", {first['device']}: end-to-end forward {first['e2e_fwd_ms']:.3f} ms, train step "
              f"{first['e2e_train_step_ms']:.3f} ms (medians); bwd = the layer's backward in the train step; rest = "
              f"{REST_NOTE}")
+    idle = next((r for r in rows if r["kind"] == "rest" and r.get("idle_fwd_ms") is not None), None)
+    if idle is not None:  # CUDA: the rows sum to the device's busy time; its idle time is apart
+        title += (f"; device idle (not in the rows) {idle['idle_fwd_ms']:.3f} ms in the forward, "
+                  f"{idle['idle_train_step_ms']:.3f} ms in the train step")
+    if first.get("peak_tflops") is not None:
+        source = f" ({first['peak_source']})" if first.get("peak_source") else ""
+        title += f"; roof {first['peak_tflops']:.3g} TFLOP/s{source}"
     rest = [c for c, r in zip(body, rows) if r["kind"] == "rest"]
     return "\n".join([title, line(header), rule, *(line(c) for c, r in zip(body, rows) if r["kind"] != "rest"),
                       rule, *map(line, rest), line(total)])

@@ -30,7 +30,7 @@ def _preset_config(preset: str, sets: list[str]):
 
 
 def inspect_target(target: str, sets: list[str], *, time: bool = False, batch: int | None = None,
-                   dtype: str = "fp32", device: str = "auto") -> str:
+                   dtype: str = "fp32", device: str = "auto", trace: Path | None = None) -> str:
     """Layer tables for a preset name (with `--set` overrides) or for every variant of a suite YAML.
 
     Args:
@@ -41,9 +41,11 @@ def inspect_target(target: str, sets: list[str], *, time: bool = False, batch: i
         batch: batch size of the timing (None: the config's `timing.reference_batch_size`).
         dtype: "fp32", "bf16" or "fp16" (autocast).
         device: "auto" (CUDA when torch sees it), "cpu" or "cuda".
+        trace: with `time`, write the profiled forward's Chrome/Perfetto trace (`time_layers`' `trace`) to this
+            file; for several variants one file each, named `<stem>-<variant id><suffix>`.
 
     Returns:
-        The text to print.
+        The text to print (with `trace`, a line naming each trace file).
     """
     if target in REGISTRY:
         cfg = _preset_config(target, sets)
@@ -53,19 +55,30 @@ def inspect_target(target: str, sets: list[str], *, time: bool = False, batch: i
         raise ConfigError(f"{target!r} is neither a preset ({', '.join(sorted(REGISTRY))}) nor a suite YAML file")
     timer = _layer_timer(cfg, batch, dtype, device) if time else None
     out = []
-    for v in expand_grid(cfg):
+    variants = expand_grid(cfg)
+    for v in variants:
         shape = v.data_shape(_observed(v))
         model = build_variant_model(v, shape)
         c, side = shape.channels, shape.side
         text = f"{v.id}  (input {c}x{side}x{side})\n{format_layer_table(layer_table(model, shape.input_shape))}"
         if timer is not None:
-            text += "\n\n" + timer(model, shape)
+            file = None if trace is None else trace_file(trace, v.id, len(variants))
+            text += "\n\n" + timer(model, shape, file)
+            if file is not None:
+                text += f"\n\ntrace: {file} (open it in https://ui.perfetto.dev)"
         out.append(text)
     return "\n\n".join(out)
 
 
-def _layer_timer(cfg: Any, batch: int | None, dtype: str, device: str) -> Callable[[Any, Any], str]:
-    """A function (model, shape) -> the per-layer time table, with the device's roofline measured once."""
+def trace_file(trace: Path, variant_id: str, n_variants: int) -> Path:
+    """Where a variant's trace goes: `trace` itself for one variant, else `<stem>-<variant id><suffix>` beside it."""
+    if n_variants == 1:
+        return trace
+    return trace.with_name(f"{trace.stem}-{variant_id}{trace.suffix or '.json'}")
+
+
+def _layer_timer(cfg: Any, batch: int | None, dtype: str, device: str) -> Callable[[Any, Any, Path | None], str]:
+    """A function (model, shape, trace file) -> the per-layer time table, with the device's roofline measured once."""
     import torch
 
     from nin_bench.measure.ceilings import measure_ceilings, roofline
@@ -76,12 +89,12 @@ def _layer_timer(cfg: Any, batch: int | None, dtype: str, device: str) -> Callab
     configure_process(cfg.threads)  # as a run has it: its threads, no page faults per step
     bs = batch or cfg.timing.reference_batch_size
     ceilings = measure_ceilings(dev, [dtype], bandwidth=True)
-    peak, bandwidth = ceilings.peak(dtype), ceilings.bandwidth()
+    peak, bandwidth = ceilings.ceiling(dtype), ceilings.bandwidth()
     t = cfg.timing
 
-    def timed(model: Any, shape: Any) -> str:
+    def timed(model: Any, shape: Any, trace: Path | None) -> str:
         rows = time_layers(model, shape.input_shape, batch_size=bs, device=dev, dtype=dtype,
-                           warmup=t.warmup, repeats=t.repeats, num_classes=shape.num_classes)
+                           warmup=t.warmup, repeats=t.repeats, num_classes=shape.num_classes, trace=trace)
         return format_layer_times(roofline(rows, peak, bandwidth))
 
     return timed

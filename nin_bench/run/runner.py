@@ -20,6 +20,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from nin_bench.measure.ceilings import Ceilings, measure_ceilings
+from nin_bench.measure.conv_ceiling import ConvShape, conv_shapes
+from nin_bench.models.build import build_variant_model
 from nin_bench.run.budget import Budget, Tally, fits
 from nin_bench.run.manifest import build_manifest, device_name
 from nin_bench.run.stages import run_unit
@@ -253,7 +255,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             return finish(rd, log)
         write_run_files(rd, cfg, manifest, protocol)
         preload_data(variants, cfg, ctx)
-        ctx.ceilings = ceilings or run_ceilings(units, ctx.device, log)
+        ctx.ceilings = ceilings or run_ceilings(units, ctx.device, log, ctx.shape)
 
         def finished(unit: Unit, result: UnitResult) -> None:
             record_result(rd, unit, result, log)
@@ -275,6 +277,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             bar.close()
         manifest.update(peak_tflops=peaks_from(records), mem_gb_per_s=bandwidth_from(records),
                         ceilings_measured_s=round(ctx.ceilings.measured_s, 2),
+                        ceilings=ceilings_from(ctx.ceilings, records),
                         data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
         write_run_files(rd, cfg, manifest, protocol)
         return finish(rd, log)
@@ -290,19 +293,34 @@ def unit_outcome(result: UnitResult) -> str:
     return f"{len(result.records)} records"
 
 
-def run_ceilings(units: list[Unit], device: str, log: Log) -> Ceilings:
-    """The run's ceilings: each peak its timing units use and, with layer timing, the bandwidth, measured once.
+def run_ceilings(units: list[Unit], device: str, log: Log,
+                 shape_of: Callable[[Variant], Any] | None = None) -> Ceilings:
+    """The run's ceilings: each dtype its timing units use (with, given `shape_of`, the suite's own
+    convolutions as a candidate) and, with layer timing, the bandwidth, measured once.
 
     Nothing is measured when no timing unit is left (a training-only or resumed run)."""
-    timing = [u.variant.config.timing for u in units if u.stage == "timing"]
+    timing = [v for u in units if u.stage == "timing" for v in u.variants]
     if not timing:
         return Ceilings(device)
-    dtypes = sorted({d for t in timing for d in t.dtypes})
-    ceilings = measure_ceilings(device, dtypes, bandwidth=any(t.layer_timing for t in timing))
-    log(f"ceilings: matmul peak {', '.join(f'{d} {f / 1e12:.3g}' for d, f in ceilings.peak_flops.items())} "
+    configs = [v.config.timing for v in timing]
+    dtypes = sorted({d for t in configs for d in t.dtypes})
+    convs = suite_convs(timing, shape_of) if shape_of is not None else []
+    ceilings = measure_ceilings(device, dtypes, bandwidth=any(t.layer_timing for t in configs), convs=convs)
+    log(f"ceilings: {', '.join(f'{d} {f / 1e12:.3g} ({ceilings.source(d)})' for d, f in ceilings.peak_flops.items())} "
         f"TFLOP/s" + (f", copy bandwidth {ceilings.bytes_per_s / 1e9:.3g} GB/s" if ceilings.bytes_per_s else "")
         + f" ({ceilings.measured_s:.1f} s)")
     return ceilings
+
+
+def suite_convs(variants: list[Variant], shape_of: Callable[[Variant], Any]) -> list[ConvShape]:
+    """Every convolution the variants' models run, at each one's reference batch, in each layout it is timed in."""
+    out: set[ConvShape] = set()
+    for v in variants:
+        shape, t = shape_of(v), v.config.timing
+        model = build_variant_model(v, shape)
+        for layout in t.channels_last:
+            out.update(conv_shapes(model, shape.input_shape, t.reference_batch_size, layout))
+    return sorted(out)
 
 
 def peaks_from(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -311,6 +329,18 @@ def peaks_from(records: list[dict[str, Any]]) -> dict[str, float]:
     for r in latest_per_key(records):
         if r.get("stage") == "timing" and r.get("peak_tflops") is not None:
             out[r["dtype"]] = max(out.get(r["dtype"], 0.0), r["peak_tflops"])
+    return out
+
+
+def ceilings_from(ceilings: Ceilings, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's account of the ceilings (`Ceilings.describe`), with the source of each dtype's ceiling as
+    the timing rows recorded it where a row lifted it (on a Ray worker the lift stays in the worker's copy)."""
+    out = ceilings.describe()
+    for r in latest_per_key(records):
+        if r.get("stage") == "timing" and r.get("peak_source") == "row":
+            d = r["dtype"]
+            if r["peak_tflops"] >= out["peak_tflops"].get(d, 0.0):
+                out["peak_tflops"][d], out["peak_source"][d] = r["peak_tflops"], "row"
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nin_bench.measure.ceilings import roofline, utilisation
+from nin_bench.measure.ceilings import add_utilisation, roofline
 from nin_bench.measure.layer_timing import time_layers
 from nin_bench.measure.timing import Contender, Setting, interleave, summarise_rounds
 from nin_bench.models.build import build_variant_model
@@ -100,7 +100,12 @@ def run_timing(variants: list[Variant], ctx: RunContext, flops: dict[str, dict[s
         flops: variant id -> {"forward": FLOPs per image, "train_step": fwd+bwd FLOPs per image} for MFU.
     """
     t = variants[0].config.timing
-    peaks = {dtype: ctx.ceilings.peak(dtype) for dtype in t.dtypes}
+
+    def flops_of(row: dict[str, Any]) -> float | None:
+        return flops[row["variant"]].get(row["mode"])
+
+    for dtype in t.dtypes:
+        ctx.ceilings.peak(dtype)  # measured here when the run did not hand the ceilings in (outside row errors)
     models = {v.id: build_variant_model(v, ctx.shape(v)) for v in variants}
     checkpoint = RoundsCheckpoint(ctx, variants)
     records: list[dict[str, Any]] = []
@@ -111,15 +116,13 @@ def run_timing(variants: list[Variant], ctx: RunContext, flops: dict[str, dict[s
             # was measured stays in the checkpoint and the next call goes on from there
             ctx.check_deadline()
             rows = _time_setting(variants, models, setting, ctx, checkpoint)
-            for v in variants:
-                row = rows[v.id]
-                if row["status"] == "ok":
-                    row.update(utilisation(row["img_per_s"], flops[v.id].get(setting["mode"]),
-                                           peaks[setting["dtype"]]))
+            add_utilisation(list(rows.values()), ctx.ceilings, flops_of)  # lifts the ceiling past any row first
             done = [*rows.values(), *_round_records(variants, rows, setting, ctx, checkpoint.rounds_of(key))]
-            done += _layer_rows(variants, models, rows, setting, ctx, peaks[setting["dtype"]])
+            done += _layer_rows(variants, models, rows, setting, ctx)
             checkpoint.save_setting(key, done)
         records += checkpoint.finished[key]
+    # every row of the unit against the one ceiling its last setting left (a later row may have lifted it)
+    add_utilisation([r for r in records if r["stage"] == "timing"], ctx.ceilings, flops_of)
     return records
 
 
@@ -184,7 +187,7 @@ def _round_records(variants: list[Variant], rows: dict[str, dict[str, Any]], set
 
 
 def _layer_rows(variants: list[Variant], models: dict[str, torch.nn.Module], rows: dict[str, dict[str, Any]],
-                setting: dict[str, Any], ctx: RunContext, peak: float) -> list[dict[str, Any]]:
+                setting: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     """Per-layer time of each variant at an eager forward setting of `timing.layer_timing_batch_sizes`."""
     t = variants[0].config.timing
     sizes = (t.layer_timing_batch_sizes or [t.reference_batch_size]) if t.layer_timing else []
@@ -192,7 +195,7 @@ def _layer_rows(variants: list[Variant], models: dict[str, torch.nn.Module], row
         return []
     out = []
     for v in variants:
-        out += run_layer_timing(v, ctx, models[v.id], rows[v.id], peak)
+        out += run_layer_timing(v, ctx, models[v.id], rows[v.id])
     return out
 
 
@@ -214,9 +217,10 @@ def _guarded(row: dict[str, Any], device: torch.device, make: Callable[[], Any])
     return None
 
 
-def run_layer_timing(variant: Variant, ctx: RunContext, model: torch.nn.Module, fwd_row: dict[str, Any],
-                     peak: float) -> list[dict[str, Any]]:
-    """Per-layer time at the setting of a timing stage's forward row, with the roofline and that row's median.
+def run_layer_timing(variant: Variant, ctx: RunContext, model: torch.nn.Module,
+                     fwd_row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-layer time at the setting of a timing stage's forward row, with the roofline (under the run's ceiling
+    for the row's dtype) and that row's median.
 
     Returns:
         "layer_timing" records (one per layer and a "rest" row), or one error row for the setting.
@@ -230,7 +234,8 @@ def run_layer_timing(variant: Variant, ctx: RunContext, model: torch.nn.Module, 
     row = dict(base)
     layers = _guarded(row, device, lambda: roofline(
         time_layers(model, shape.input_shape, device=device, warmup=t.warmup, repeats=t.repeats,
-                    num_classes=shape.num_classes, **setting), peak, ctx.ceilings.bandwidth()))
+                    num_classes=shape.num_classes, **setting), ctx.ceilings.ceiling(setting["dtype"]),
+        ctx.ceilings.bandwidth()))
     if layers is None:
         return [row]  # the setting's error row
     return [{**base, **layer} for layer in layers]

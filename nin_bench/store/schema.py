@@ -43,20 +43,22 @@ KEYS: dict[str, tuple[str, ...]] = {
     "timing": SETTING_KEYS + (
         "ms_median", "ms_iqr", "ms_p25", "ms_p75", "ms_min", "img_per_s", "peak_mem_mb", "peak_mem_method",
         "compile_s", "compiled_graphs", "graph_breaks", "flops_per_img", "achieved_tflops", "peak_tflops", "mfu",
-        "threads", "warmup", "repeats", "cudnn_benchmark", "fp32_conv_precision", "error_kind", "rounds",
-        "round_seed", "round_ms_min", "round_ms_max", "round_spread_pct"),
+        "peak_source", "datasheet_tflops", "mfu_datasheet", "threads", "warmup", "repeats", "cudnn_benchmark",
+        "fp32_conv_precision", "error_kind", "rounds", "round_seed", "round_ms_min", "round_ms_max",
+        "round_spread_pct"),
     "timing_round": SETTING_KEYS + (
         ROUND_KEY, "round_pos", "round_seed", "ms_median", "img_per_s", "repeats", "threads"),
     "layer_timing": LAYER_SETTING_KEYS + (
         LAYER_KEY, "block", "kind", "fwd_ms", "fwd_train_ms", "bwd_ms", "macs", "macs_batch", "flops", "bytes",
-        "intensity", "bound", "roofline_ms", "attained", "peak_tflops", "mem_gb_per_s", "timing_fwd_ms",
-        "e2e_fwd_ms", "e2e_train_fwd_ms", "e2e_train_step_ms", "note", "error_kind"),
+        "intensity", "bound", "roofline_ms", "attained", "peak_tflops", "peak_source", "datasheet_tflops",
+        "mem_gb_per_s", "timing_fwd_ms", "e2e_fwd_ms", "e2e_train_fwd_ms", "e2e_train_step_ms", "idle_fwd_ms",
+        "idle_train_step_ms", "note", "error_kind"),
     "train_epoch": ("seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
                     "img_per_s"),
     "train": ("seed", "test_acc", "test_loss", "best_val_acc", "train_time_s", "time_to_acc_<pct>_s",
-              "loop_img_per_s", "timing_train_img_per_s", "loop_efficiency", "diverged_epoch", "compile_s",
-              "compiled_graphs", "graph_breaks", "late_graphs", "grad_scaler", "cudnn_benchmark", "deterministic",
-              "bit_reproducible", "data_source", "data_sha256", "maps_file", "augment", "batch_size", "compile",
+              "loop_img_per_s", "timing_train_img_per_s", "loop_efficiency", "diverged_epoch", "warmup_s",
+              "compile_s", "compiled_graphs", "graph_breaks", "late_graphs", "grad_scaler", "cudnn_benchmark",
+              "deterministic", "bit_reproducible", "data_source", "data_sha256", "maps_file", "augment", "batch_size", "compile",
               "dtype", "epochs", "train_size", "val_size", "test_size"),
 }
 

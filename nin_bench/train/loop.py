@@ -19,9 +19,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -277,15 +278,27 @@ def _make_loop(model: nn.Module, split: Split, settings: Any, dataset_name: str,
                  aug.resolve_augment(settings.augment, dataset_name), amp, seed, grad_scaler(device.type, amp))
 
 
-def _compile_warm_up(loop: _Loop, model: nn.Module) -> float | None:
-    """Compile every graph the run will call before its clock starts (None when not compiling); see warm_up.
+def _needs_warm_up(settings: Any, device: torch.device, force: bool | None) -> bool:
+    """Whether an untimed warm-up step runs before the clock: when compiling (the compile), on CUDA with cuDNN
+    autotuning on (the autotuning of every convolution shape), or when `force` says so (True / False)."""
+    if force is not None:
+        return force
+    return bool(settings.compile) or (device.type == "cuda" and torch.backends.cudnn.benchmark)
+
+
+def _warm_up(loop: _Loop, model: nn.Module) -> float:
+    """Run one untimed train step's forward and backward and every evaluation shape before the run's clock starts,
+    so the compile (torch.compile) and cuDNN's autotuning (`cudnn.benchmark`) are not billed to epoch 1 and
+    time-to-accuracy; the RNG states, BatchNorm statistics and gradients are restored after (see warm_up), so the
+    run then trains exactly as it would have without it.
 
     The warm-up batches are made exactly as the run makes its own (same gather, augmentation and normalisation;
-    evaluation through `evaluate` itself, under inference mode), since dynamo guards on strides and dispatch
-    keys: a batch built any other way would compile a graph the run never uses and leave it one to compile.
+    evaluation through `evaluate` itself, under inference mode): dynamo guards on strides and dispatch keys, and
+    cuDNN autotunes per shape and layout, so a batch built any other way would leave the run one to do.
+
+    Returns:
+        Wall seconds the warm-up took.
     """
-    if not loop.settings.compile:
-        return None
     split, settings = loop.split, loop.settings
     n = min(settings.batch_size, split.train_x.shape[0])
     idx = torch.arange(n, device=split.train_x.device)
@@ -332,7 +345,8 @@ def _run_facts(loop: _Loop, device: torch.device, compile_s: float | None, warm_
 
 def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: str | torch.device, seed: int,
                 input_size: int | None = None, checkpoint_path: str | os.PathLike | None = None,
-                on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> TrainResult:
+                on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
+                warm_up_step: bool | None = None) -> TrainResult:
     """Train `model` on `dataset` with SGD under `settings`, then test it once.
 
     Args:
@@ -347,6 +361,9 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
             training resumes from it and ends as the uninterrupted run would.
         on_epoch: called with each epoch's record, after that epoch's checkpoint is written.
         progress: show a tqdm bar and print the ETA.
+        warm_up_step: run the untimed warm-up step before the clock (`_warm_up`): None when compiling or when
+            cuDNN autotuning is on (CUDA), True / False to force it (the tests force it on the CPU to check that
+            it leaves the run bit-identical). Its seconds are the final record's `warmup_s` (None: none ran).
 
     Returns:
         TrainResult with per-epoch records, the final record and (GAP head, not diverged) the confidence maps.
@@ -369,7 +386,9 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
         tqdm.write(f"seed {seed}: resumed from {checkpoint} after epoch {state.epoch} of {settings.epochs}")
     guard = no_eager_fallback() if settings.compile else contextlib.nullcontext()
     with guard:
-        compile_s = _compile_warm_up(loop, model)  # before any clock starts: epoch 1 is not billed for it
+        # before any clock starts: epoch 1 and time-to-accuracy are billed for neither compile nor autotuning
+        warmup_s = _warm_up(loop, model) if _needs_warm_up(settings, device, warm_up_step) else None
+        compile_s = warmup_s if settings.compile else None
         warm_graphs = compile_stats()["compiled_graphs"] if settings.compile else None
         # Train accuracy from the step's own logits: a hook on the network, only in train mode.
         hook = loop.net.register_forward_hook(
@@ -384,5 +403,5 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
                 if ok else (None, None))
     gap = getattr(model, "spec", {}).get("head") == "gap"
     maps = confidence_maps(model, split, dataset.classes) if ok and gap else None
-    final = {**_final(loop, state, test), **_run_facts(loop, device, compile_s, warm_graphs)}
+    final = {**_final(loop, state, test), **_run_facts(loop, device, compile_s, warm_graphs), "warmup_s": warmup_s}
     return TrainResult(epochs=list(state.history), final=final, maps=maps)
