@@ -20,7 +20,7 @@ def nin(*args, cwd=ROOT):
 @pytest.mark.parametrize("text, needle", [
     ("name: t\ngrid: {model.n_1x1: [0, 2]}\nmodel: {colour: red}\n", "unknown key 'model.colour'"),
     ("name: t\ngrid: {model.n_1x1: [0, 2]}\ntrain: {epochs: many}\n", "train.epochs: Input should be a valid integer"),
-    ("name: t\ngrid: {}\n", "grid is empty"),
+    ("name: t\ngrid: {}\n", "grid and variants are both empty"),
     ("name: t\ngrid: {model.n_1x1: [0]}\nstages: [profile, bake]\n", "unknown stage 'bake'"),
     ("name: t\ngrid: {model.n_1x1: [0]}\nmodel: {preset: vgg}\n", "model.preset: Input should be 'nin_cifar' or"),
     ("name: t\ngrid: {model.n_1x1: [0\n", "invalid YAML"),
@@ -28,7 +28,7 @@ def nin(*args, cwd=ROOT):
     ("name: t\ngrid: {model.n_1x1: [0]}\ntrain: {weight_decay: 5e-4x}\n",
      "train.weight_decay: Input should be a valid number"),
     ("name: t\ngrid: {model.n_1x1: [0]}\nprofile: {backward: true}\n", "'profile' section was removed"),
-    ("name: t\ngrid: {model.n_1x1: [0]}\nprotocols: [nope]\n", "unknown protocol 'nope'; built-in: cpu_short"),
+    ("name: t\ngrid: {model.n_1x1: [0]}\nprotocols: [nope]\n", "unknown protocol 'nope'; built-in: cpu_converged, cpu_short"),
 ])
 def test_malformed_config_exits_2_with_one_line(tmp_path, text, needle):
     cfg = tmp_path / "c.yaml"

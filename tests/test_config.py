@@ -69,6 +69,10 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     resolve as before. `report.equivalence_margin_pp` (default 1.0) was added to every report section.
     Timing in interleaved rounds added `timing.rounds` (default 5; 3 under --quick) and `timing.round_seed` (0);
     cpu_short times 10 repeats per round (5 rounds: the 50 iterations it timed before) and --quick 3 per round.
+    Issue 18 added three keys whose defaults change nothing measured (`model.head_dropout:
+    null`, the trunk's p; `train.train_eval_size: 5000`, 1000 under --quick; `variants: []`); head.yaml became
+    the paper's four Table 5 / section 4.2 rows (`variants`, no grid, GAP + dropout as the baseline); and the
+    new pilot_lr.yaml was added as it first resolved.
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]
@@ -102,6 +106,31 @@ def test_variant_id_names_non_default_axes():
     cfg = validate(_raw(model={"width": 0.5, "batchnorm": True}, grid={"train.lr": [0.1, 0.2]}))
     assert [v.id for v in expand_grid(cfg)] == ["nin_cifar-n1x1_2-gap-do0.5-cifar10-w0.5-bn-lr0.1",
                                                 "nin_cifar-n1x1_2-gap-do0.5-cifar10-w0.5-bn-lr0.2"]
+
+
+def test_variants_list_crosses_the_grid_and_names_head_dropout():
+    """An explicit variants list (the list varies fastest, after the grid's keys); an FC head whose dropout differs
+    from the trunk's is named by `hdo`, one left at the trunk's p keeps the id it had before head_dropout existed."""
+    cfg = validate({"name": "t", "grid": {"data.dataset": ["cifar10", "fashion_mnist"]}, "variants": [
+        {"model.head": "fc", "model.head_dropout": 0.0}, {"model.head": "fc", "model.head_dropout": 0.5},
+        {"model.head": "gap", "model.dropout": 0.0}]})
+    variants = expand_grid(cfg)
+    assert [v.id for v in variants] == [
+        "nin_cifar-n1x1_2-fc-do0.5-cifar10-hdo0", "nin_cifar-n1x1_2-fc-do0.5-cifar10", "nin_cifar-n1x1_2-gap-do0-cifar10",
+        "nin_cifar-n1x1_2-fc-do0.5-fashion_mnist-hdo0", "nin_cifar-n1x1_2-fc-do0.5-fashion_mnist",
+        "nin_cifar-n1x1_2-gap-do0-fashion_mnist"]
+    assert [v.config.model.resolved_head_dropout for v in variants[:3]] == [0.0, 0.5, 0.0]
+    assert variants[0].grid_values == (("data.dataset", "cifar10"), ("model.head", "fc"), ("model.head_dropout", 0.0))
+    # the trunk's p alone (head_dropout unset) still switches the FC head's dropout too, as before
+    old = expand_grid(validate({"name": "t", "grid": {"model.head": ["fc"], "model.dropout": [0.0]}}))[0]
+    assert (old.id, old.config.model.resolved_head_dropout) == ("nin_cifar-n1x1_2-fc-do0-cifar10", 0.0)
+
+
+def test_variants_the_model_cannot_tell_apart_are_refused():
+    cfg = validate({"name": "t", "variants": [{"model.head": "gap", "model.head_dropout": 0.0},
+                                              {"model.head": "gap", "model.head_dropout": 0.5}]})
+    with pytest.raises(ConfigError, match=r"duplicate variants \['nin_cifar-n1x1_2-gap-do0.5-cifar10'\].*GAP head"):
+        expand_grid(cfg)
 
 
 def test_set_overrides_and_grid_set(tmp_path):
@@ -146,7 +175,14 @@ def test_cuda_requested_without_cuda_is_an_error():
     (_raw(train={"epochs": "ten"}), "train.epochs: Input should be a valid integer (got 'ten')"),
     (_raw(model={"preset": "resnet"}), "model.preset: Input should be 'nin_cifar' or 'nin_d2l' (got 'resnet')"),
     (_raw(stages=["profile", "bake"]), "unknown stage 'bake'; allowed: profile, timing, train"),
-    ({"name": "t", "grid": {}}, "grid is empty"),
+    ({"name": "t", "grid": {}}, "grid and variants are both empty"),
+    ({"name": "t", "variants": [{}]}, "variants[0] is empty"),
+    ({"name": "t", "variants": [{"name": "x"}]}, "variants[0].name: cannot be overridden here"),
+    ({"name": "t", "variants": [{"model.head_dropout": 1.5}]},
+     "variants[0]: model.head_dropout: Input should be less than 1 (got 1.5)"),
+    ({"name": "t", "variants": [{"model.depth": 1}]}, "variants[0]: unknown key 'model.depth'"),
+    (_raw(variants=[{"model.n_1x1": 1}]), "'model.n_1x1' is both a grid key and a key of a variants entry"),
+    ({"name": "t", "variants": {"model.head": "fc"}}, "variants: Input should be a valid list"),
     ({"name": "t", "grid": {"model.n_1x1": []}}, "grid.model.n_1x1 is an empty list"),
     (_raw(grid={"model.n_1x1": [1, 7]}), "grid.model.n_1x1: model.n_1x1: Input should be less than or equal to 3"),
     (_raw(grid={"model.depth": [1]}), "grid.model.depth: unknown key 'model.depth'"),
@@ -255,7 +291,7 @@ def test_set_protocols_replaces_the_list_before_the_merge(tmp_path):
 
 
 @pytest.mark.parametrize("protocols, proto_text, message", [
-    ("[paperr]", None, "protocols: unknown protocol 'paperr'; built-in: cpu_short, paper, timing_sweep"),
+    ("[paperr]", None, "protocols: unknown protocol 'paperr'; built-in: cpu_converged, cpu_short, paper, timing_sweep"),
     ("paper", None, "protocols: expected a list"),
     ("[p.yaml]", "name: x\n", "protocol 'p.yaml': key 'name' is not allowed in a protocol file"),
     ("[p.yaml]", "grid: {model.n_1x1: [1]}\n", "key 'grid' is not allowed in a protocol file"),
@@ -366,8 +402,8 @@ def test_quick_only_shrinks():
                         timing={"warmup": 1, "repeats": 3, "batch_sizes": [8, 32, 128],
                                 "layer_timing_batch_sizes": [32], "compile_batch_sizes": [32, 128]}))
     assert quick_shrink(cfg) == {"timing.warmup": 1, "timing.repeats": 3, "timing.rounds": 3, "train.epochs": 1,
-                                 "train.subset": 2000,
-                                 "train.val_size": 30, "timing.batch_sizes": [8, 128],
+                                 "train.subset": 2000, "train.val_size": 30, "train.train_eval_size": 1000,
+                                 "timing.batch_sizes": [8, 128],
                                  "timing.layer_timing_batch_sizes": None, "timing.compile_batch_sizes": [128],
                                  "seeds": [0]}
     quick, protocol, _ = resolve_protocol(cfg, cuda=False, quick=True)
@@ -407,7 +443,8 @@ def test_explain_names_every_origin(tmp_path):
 
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
 def test_explain_values_are_what_run_resolves(path):
-    defaults = flat_settings(SuiteConfig(name="x", grid={"model.n_1x1": [0]}).model_dump(mode="json"))
+    defaults = {**flat_settings(SuiteConfig(name="x", grid={"model.n_1x1": [0]}).model_dump(mode="json")),
+                "grid": SuiteConfig.model_fields["grid"].default}  # a suite of variants alone keeps the default grid
     for cuda, quick, full in [(False, False, False), (True, False, False), (False, True, False), (False, False, True)]:
         told = explain(path, cuda=cuda, quick=quick, full=full)
         resolved, _, _ = resolve_protocol(load_config(path), cuda=cuda, quick=quick, full=full)

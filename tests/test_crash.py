@@ -49,8 +49,8 @@ train: {{epochs: {EPOCHS}, subset: 512, val_size: 256, batch_size: 64, eval_batc
          schedule: cosine, augment: none}}
 """
 # what an epoch row and a run's final row must reproduce (times are not numbers a resume can repeat)
-EPOCH_KEYS = ("lr", "train_loss", "train_acc", "val_loss", "val_acc")
-FINAL_KEYS = ("epochs", "test_acc", "test_loss", "best_val_acc", "train_size", "val_size", "status")
+EPOCH_KEYS = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_eval_loss", "train_eval_acc")
+FINAL_KEYS = ("epochs", "test_acc", "test_loss", "best_val_acc", "train_size", "val_size", "train_eval_size", "status")
 # checkpoint files, not the temp file of a write a kill interrupted (`atomic.atomic_target`: ".<name>.tmp<pid>.pt")
 CHECKPOINTS = "[!.]*.pt"
 
@@ -99,6 +99,8 @@ def _outcome(rd: ResultsDir) -> dict[str, Any]:
         else:
             with np.load(rd.map_file(r["maps_file"])) as maps:
                 out[r["seed"], "maps"] = {k: maps[k].tolist() for k in maps.files}
+            with np.load(rd.preds_file(r["preds_file"])) as preds:
+                out[r["seed"], "preds"] = {k: preds[k].tolist() for k in preds.files}
             out[r["seed"], "final"] = {k: r[k] for k in FINAL_KEYS}
     return out
 

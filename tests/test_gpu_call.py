@@ -98,7 +98,7 @@ def test_copy_makes_the_tree_that_travels_without_git(repo: Path, tmp_path: Path
 def _folder(root: Path, name: str) -> Path:
     f = root / name
     for n in ("records.jsonl", "manifest.json", "summary.csv", "config.resolved.yaml", "report.html", "report.md",
-              "tables.csv", "figures/a.png", "maps/v-seed0.npz", ".cache/checkpoints/v-seed1.pt",
+              "tables.csv", "figures/a.png", "maps/v-seed0.npz", "preds/v-seed0.npz", ".cache/checkpoints/v-seed1.pt",
               ".cache/state.json", "resume-check.pt"):
         _write(f / n, 10)
     return f
@@ -112,7 +112,8 @@ def test_returned_files_are_the_measurements_never_reports_caches_or_checkpoints
     _write(results / "gpu-selfcheck" / "packing.json", 3)
     got = [p.relative_to(results).as_posix() for p in gpu_call.returned_files(results)]
     assert got == ["gpu-one_by_one/config.resolved.yaml", "gpu-one_by_one/manifest.json",
-                   "gpu-one_by_one/maps/v-seed0.npz", "gpu-one_by_one/records.jsonl", "gpu-one_by_one/summary.csv",
+                   "gpu-one_by_one/maps/v-seed0.npz", "gpu-one_by_one/preds/v-seed0.npz",
+                   "gpu-one_by_one/records.jsonl", "gpu-one_by_one/summary.csv",
                    "gpu-selfcheck/packing.json", "gpu-selfcheck/selfcheck.json", "gpu-selfcheck/selfcheck.md"]
 
 
@@ -128,7 +129,8 @@ def test_pack_holds_only_the_folders_the_call_changed_and_unpack_puts_them_back(
     assert [w.name for w in written] == ["gpu-results.tgz"]
     names = sorted(gpu_call.archive_files(written))
     assert names == [f"results/gpu-timing/{n}" for n in ("config.resolved.yaml", "manifest.json",
-                                                         "maps/v-seed0.npz", "records.jsonl", "summary.csv")]
+                                                         "maps/v-seed0.npz", "preds/v-seed0.npz", "records.jsonl",
+                                                         "summary.csv")]
     there = tmp_path / "there"
     assert gpu_call.unpack(written, there) == [there / "results" / "gpu-timing"]
     assert (there / "results/gpu-timing/records.jsonl").read_text() == '{"variant": "v"}\n'

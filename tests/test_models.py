@@ -173,6 +173,27 @@ def test_dropout_modules_and_p(preset: str, head: str, expected: int) -> None:
     assert len(drops) == expected and all(d.p == 0.3 for d in drops)
 
 
+@pytest.mark.parametrize("dropout,head_dropout,trunk_p,head_p", [
+    (0.5, 0.0, [0.5, 0.5], []),            # the paper's Table 5 "FC": the trunk keeps its dropout, the head has none
+    (0.5, 0.3, [0.5, 0.5], [0.3]),         # dropout in the head at its own p
+    (0.0, 0.5, [], [0.5]),
+    (0.4, None, [0.4, 0.4], [0.4]),        # None: the trunk's p in the head too (the behaviour before the argument)
+])
+def test_head_dropout_is_the_fc_heads_own(dropout: float, head_dropout: float | None, trunk_p: list[float],
+                                          head_p: list[float]) -> None:
+    model = build_meta("nin_cifar", head="fc", dropout=dropout, head_dropout=head_dropout)
+    assert [m.p for m in model.features.modules() if isinstance(m, nn.Dropout)] == trunk_p
+    assert [m.p for m in model.head.modules() if isinstance(m, nn.Dropout)] == head_p
+    assert model.spec["head_dropout"] == (dropout if head_dropout is None else head_dropout)
+    again = build_meta(model.spec["name"], **{k: v for k, v in model.spec.items() if k != "name"})
+    assert str(again) == str(model)
+
+
+def test_gap_head_has_no_head_dropout() -> None:
+    model = build_meta("nin_cifar", head="gap", dropout=0.5, head_dropout=0.5)
+    assert str(model) == str(build_meta("nin_cifar", head="gap", dropout=0.5)) and model.spec["head_dropout"] == 0.0
+
+
 @pytest.mark.parametrize("preset", sorted(REGISTRY))
 @pytest.mark.parametrize("n", [0, 3])
 def test_batchnorm_adds_2c_per_conv_before_relu(preset: str, n: int) -> None:
@@ -269,7 +290,8 @@ def test_unknown_preset_lists_names() -> None:
     (dict(head="avg"), "head"), (dict(dropout=1.0), "dropout"), (dict(dropout=-0.1), "dropout"),
     (dict(width=0), "width"), (dict(width=-1.0), "width"), (dict(in_channels=0), "in_channels"),
     (dict(num_classes=0), "num_classes"), (dict(fc_hidden=[0]), "fc_hidden"), (dict(init="he"), "init"),
-    (dict(input_size=0), "input_size"),
+    (dict(input_size=0), "input_size"), (dict(head_dropout=1.0), "head_dropout"),
+    (dict(head_dropout=True), "head_dropout"),
 ])
 def test_bad_arguments_name_argument_and_value(kw: dict, arg: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"{arg}={next(iter(kw.values()))!r}")):

@@ -226,6 +226,37 @@ def test_paper_comparison_matches_head_and_dropout(tmp_path: Path, no_figures: N
         assert f"{paper_err} % | nin_cifar-n1x1_2-{variant}-cifar10 | {err.mean() * 100:.2f} ± " in section
     assert "8.81" not in section.split("Ours (")[0] and "augmentation off" in section
     assert "head=gap, dropout=0.5 (baseline)" in md
+    # records from before head_dropout: the FC row without dropout also lacks the paper's trunk dropout, and says so
+    fc_row = next(line for line in section.splitlines() if "fc-do0.0" in line)
+    assert fc_row.endswith("| only an FC variant without trunk dropout ran (the paper's row has it): its difference "
+                           "mixes the head's effect with the trunk dropout's |")
+
+
+def test_paper_comparison_of_table_5_as_the_paper_ran_it(tmp_path: Path, no_figures: None) -> None:
+    """head.yaml's rows: FC and FC + dropout keep the trunk's dropout and differ in the head's; each paper row is
+    matched exactly, and the GAP NiN with dropout stands once for Table 5's GAP row and section 4.2's."""
+    rows = (("fc", 0.5, 0.0, "fc-do0.5-cifar10-hdo0"), ("fc", 0.5, 0.5, "fc-do0.5-cifar10"),
+            ("gap", 0.5, 0.0, "gap-do0.5-cifar10"), ("gap", 0.0, 0.0, "gap-do0-cifar10"))
+    recs = []
+    for i, (head, do, hdo, variant) in enumerate(rows):
+        for r in [profile_rec("cifar10", 2), *train_recs("cifar10", 2)]:
+            if r["stage"] == "train":
+                r["test_acc"] -= 0.01 * i
+            recs.append(r | {"variant": f"nin_cifar-n1x1_2-{variant}", "head": head, "dropout": do, "head_dropout": hdo})
+    config = {"grid": {}, "variants": [{"model.head": h, "model.dropout": d, "model.head_dropout": hd}
+                                       for h, d, hd, _ in rows],
+              "train": {"epochs": 3, "batch_size": 128, "augment": "none"},
+              "report": {"baseline": {"model.head": "gap", "model.dropout": 0.5}}}
+    md = build_report(write_run(tmp_path, recs, config)).read_text()
+    table = [line for line in md.split("## Comparison with the NiN paper")[1].split("\n## ")[0].splitlines()
+             if line.startswith(("| mlpconv", "| NIN"))]
+    got = [(line.split(" | ")[2], line.split(" | ")[3]) for line in table]
+    assert got == [("11.59 %", "nin_cifar-n1x1_2-fc-do0.5-cifar10-hdo0"), ("10.88 %", "nin_cifar-n1x1_2-fc-do0.5-cifar10"),
+                   ("10.41 %", "nin_cifar-n1x1_2-gap-do0.5-cifar10"), ("14.51 %", "nin_cifar-n1x1_2-gap-do0-cifar10")]
+    assert table[0].endswith("trunk dropout 0.5 (the paper's NiN: 0.5), none in the head |")
+    assert table[1].endswith("dropout 0.5 in the head (after its hidden layer) |")
+    assert "| no / no | +1.18 pp | -2.00 pp |" in table[0] and "| +0.47 pp | -1.00 pp |" in table[1]
+    assert "head=gap, dropout=0.5, head_dropout=0.0 (baseline)" in md  # the variants' keys are the report's axes
 
 
 def test_where_the_time_goes_from_layer_records(full_run: Path) -> None:

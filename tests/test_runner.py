@@ -1,8 +1,11 @@
 """The runner end to end: records, summary, manifest, resume, superseding foreign results, error rows."""
 import json
 import os
+import shlex
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -12,8 +15,14 @@ from nin_bench.run import runner
 from nin_bench.run.runner import run_suite
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.schema import RECORD_KINDS, key_allowed
-from nin_bench.suite.config import resolve_protocol, validate
+from nin_bench.suite.config import (
+    config_of_folder,
+    load_config,
+    resolve_protocol,
+    validate,
+)
 
+ROOT = Path(__file__).parents[1]
 SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3}
 # Fixed ceilings handed to the runs of tests that do not check the measured ones (measuring costs ~20 s a run).
 FIXED = Ceilings("cpu", {"fp32": 1e11, "bf16": 2e11}, 1e10)
@@ -88,6 +97,27 @@ def test_a_folder_written_before_threads_moved_is_continued(tmp_path):
     assert "0 units to run" in _run(cfg, protocol, tmp_path)[0]
 
 
+# Suites changed on purpose since their committed folder was made (that folder is measured afresh by design).
+CHANGED_SUITES = {"head": "issue 18: the paper's four Table 5 / section 4.2 rows (head_dropout) replace the 2x2 grid"}
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "results").glob("*/manifest.json")))
+def test_committed_folders_continue_under_the_command_that_made_them(folder):
+    """The command a committed folder's manifest records still resolves to the config the folder holds (read
+    through today's keys, new keys at their defaults): the same command continues it, never re-measures it."""
+    rd = ResultsDir(ROOT / "results" / folder)
+    argv = shlex.split(rd.read_manifest()["command"])
+    argv = argv[argv.index("run") + 1:]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    cfg = load_config(ROOT / argv[0], sets)
+    resolved, protocol, _ = resolve_protocol(cfg, cuda=False, full="--full" in argv, quick="--quick" in argv,
+                                             sets=sets)
+    theirs = config_of_folder(rd.read_config())
+    assert theirs is not None
+    same = runner.fingerprint(*theirs) == runner.fingerprint(resolved, protocol)
+    assert same is (folder not in CHANGED_SUITES), CHANGED_SUITES.get(folder, folder)
+
+
 def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     import nin_bench.run.stages as stages
 
@@ -130,6 +160,14 @@ def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
     assert [(r["stage"], k) for r in records for k in r if not key_allowed(r["stage"], k)] == []
     assert final[0]["data_source"].startswith("Fashion-MNIST") and len(final[0]["data_sha256"]) == 64
     assert (tmp_path / final[0]["maps_file"]).exists()
+    preds = np.load(tmp_path / final[0]["preds_file"])  # the contract the per-image paired tests read
+    assert final[0]["preds_file"] == "preds/nin_cifar-n1x1_2-gap-do0.5-fashion_mnist-w0.25-bn-seed0.npz"
+    assert sorted(preds.files) == ["label", "pred"] and preds["pred"].dtype == preds["label"].dtype == np.uint8
+    assert preds["pred"].shape == (final[0]["test_size"],) and (preds["pred"] == preds["label"]).mean() == pytest.approx(
+        final[0]["test_acc"], abs=1e-12)
+    epochs = [r for r in records if r["stage"] == "train_epoch"]
+    assert all(0 < r["train_eval_acc"] <= 1 for r in epochs) and final[0]["train_eval_size"] == 4000
+    assert all(r["head_dropout"] == 0.0 for r in records)  # a GAP head has no dropout layer
     assert not list((tmp_path / ".cache" / "checkpoints").glob("*.pt"))  # finished runs drop their checkpoint
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert summary.loc[0, "test_acc"] == pytest.approx(final[0]["test_acc"])

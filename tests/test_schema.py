@@ -80,3 +80,28 @@ def test_timing_round_records_keep_one_row_per_round() -> None:
     kept = records.latest_per_key(rows)
     assert [r["round"] for r in kept] == [0, 1, 2, 3, 4] and kept[-1]["ms_median"] == 2.0
     assert records.unit_key(base) == ("v", "timing", None) and not records.is_unit_failure(base | {"status": "error"})
+
+
+def test_records_from_before_head_dropout_read_with_the_old_meaning(tmp_path) -> None:
+    """Before `head_dropout` existed `dropout` switched the trunk's and the FC head's dropout together: an old FC
+    record reads with its `dropout` as its head dropout, a GAP record with 0.0; today's records stay as written."""
+    from nin_bench.store.folder import ResultsDir
+
+    old_fc = {"variant": "v", "head": "fc", "dropout": 0.5, "width": 1.0, "stage": "train"}
+    old_gap = {"variant": "g", "head": "gap", "dropout": 0.5, "width": 1.0, "stage": "train"}
+    new_fc = {"variant": "n", "head": "fc", "dropout": 0.5, "head_dropout": 0.0, "stage": "train"}
+    assert list(schema.upgrade_record(old_fc)) == ["variant", "head", "dropout", "head_dropout", "width", "stage"]
+    assert schema.upgrade_record(old_fc)["head_dropout"] == 0.5 and schema.upgrade_record(old_gap)["head_dropout"] == 0.0
+    assert schema.upgrade_record(new_fc) is new_fc and schema.upgrade_record({"stage": "x"}) == {"stage": "x"}
+    rd = ResultsDir(tmp_path)
+    rd.append_records([old_fc, new_fc])
+    assert [r["head_dropout"] for r in rd.read_records()] == [0.5, 0.0]
+    assert "head_dropout" not in json.loads(rd.records.read_text().splitlines()[0])  # the file is never rewritten
+
+
+def test_committed_records_read_with_head_dropout() -> None:
+    from nin_bench.store.folder import ResultsDir
+
+    for folder in sorted(p.parent for p in (ROOT / "results").glob("*/records.jsonl")):
+        rows = ResultsDir(folder).read_records()
+        assert all(r["head_dropout"] == (r["dropout"] if r["head"] == "fc" else 0.0) for r in rows), folder.name

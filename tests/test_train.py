@@ -14,13 +14,15 @@ import torch
 from nin_bench.data import augment as aug
 from nin_bench.models.nin import build_model
 from nin_bench.suite.config import TrainSettings
+from nin_bench.train.holdout import TRAIN_EVAL_SEED, train_eval_sample
 from nin_bench.train.loop import TrainResult, split_data, train_model
 from nin_bench.train.schedule import lr_factor
 
-EPOCH_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "img_per_s"}
+EPOCH_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_eval_loss", "train_eval_acc",
+              "epoch_time_s", "img_per_s"}
 FINAL_KEYS = {"seed", "epochs", "batch_size", "test_acc", "test_loss", "best_val_acc", "train_time_s",
               "loop_img_per_s", "time_to_acc_50_s", "time_to_acc_99_s", "diverged_epoch", "status", "train_size",
-              "val_size"}
+              "val_size", "test_size", "train_eval_size"}
 # 1 epoch of 2,000 images (31 steps of 64, cosine from lr 0.1) lifts this tiny BN model without dropout from 10 %
 # to 55-59 % test accuracy (seeds 0, 1); with dropout 0.5 it would stay near 30-38 % after so few steps.
 TINY = dict(batch_size=64, subset=2000, val_size=500, epochs=1, augment="none", schedule="cosine", lr=0.1,
@@ -57,6 +59,58 @@ def test_records_have_the_contract_keys(tiny_run: TrainResult) -> None:
     assert maps["maps"].shape == (10, 10, 7, 7) and maps["maps"].dtype.name == "float32"
     assert maps["images"].shape == (10, 1, 28, 28) and maps["images"].dtype.name == "uint8"
     assert list(maps["labels"]) == list(range(10))  # the first test image of each class
+
+
+def test_test_predictions_are_stored_compactly_in_test_order(tiny_run: TrainResult, fashion) -> None:
+    preds = tiny_run.preds
+    assert set(preds) == {"pred", "label"}
+    assert preds["pred"].dtype.name == preds["label"].dtype.name == "uint8" and preds["pred"].shape == (1000,)
+    assert (preds["label"] == fashion.test_y.numpy()).all()
+    assert (preds["pred"] == preds["label"]).mean() == tiny_run.final["test_acc"]  # the same pass as test_acc
+
+
+def test_train_eval_accuracy_on_every_epoch(tiny_run: TrainResult) -> None:
+    # the default 5,000 exceeds the 2,000 training images: all of them, in eval mode
+    assert tiny_run.final["train_eval_size"] == 2000
+    row = tiny_run.epochs[0]
+    assert 0.4 < row["train_eval_acc"] <= 1.0 and row["train_eval_loss"] > 0
+    assert row["train_eval_acc"] != row["train_acc"]  # eval mode at the epoch's end, not the running train mode
+
+
+def test_train_eval_sample_is_fixed_and_drawn_apart_from_the_run(fashion) -> None:
+    split = split_data(fashion, TrainSettings(**{**TINY, "subset": 1000}), torch.device("cpu"), None)
+    torch.manual_seed(1)
+    x, y = train_eval_sample(split, 300)
+    state = torch.get_rng_state()
+    torch.manual_seed(2)
+    again, _ = train_eval_sample(split, 300)
+    assert torch.equal(x, again) and x.shape == (300, 1, 28, 28)
+    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))[:300].sort().values
+    assert torch.equal(x, split.train_x[idx]) and torch.equal(y, split.train_y[idx])
+    torch.manual_seed(1)
+    train_eval_sample(split, 300)
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator (dropout's) is untouched
+    assert train_eval_sample(split, 5000)[0] is split.train_x
+
+
+def test_train_eval_leaves_the_trajectory_bit_identical(fashion) -> None:
+    """Measuring train_eval_acc changes nothing the run learns: dropout on, crop + flip on, two epochs, with and
+    without it, against the numbers the loop gave before train_eval existed (pinned at one thread, as measured
+    on this repository's 2-core Xeon CI machine with torch 2.14.1; test_acc is a count and holds across thread
+    counts)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        small = dict(subset=640, val_size=200, epochs=2, augment="crop_flip")
+        runs = [_train(fashion, dropout=0.5, **small, train_eval_size=size) for size in (5000, 100, 0)]
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs:
+        assert run.final["test_acc"] == 0.249
+        assert run.final["test_loss"] == 2.170696533203125
+        assert [e["train_loss"] for e in run.epochs] == [2.25523157119751, 2.157169532775879]
+    assert [r.final["train_eval_size"] for r in runs] == [640, 100, 0]
+    assert runs[2].epochs[-1]["train_eval_acc"] is None and runs[1].epochs[-1]["train_eval_acc"] is not None
 
 
 def test_one_short_epoch_beats_chance(tiny_run: TrainResult) -> None:
@@ -115,6 +169,8 @@ def test_resume_matches_uninterrupted_run(fashion, tmp_path: Path) -> None:
     resumed = train_model(model, fashion, settings, device="cpu", seed=0, checkpoint_path=ckpt, progress=False)
     assert resumed.final["test_acc"] == straight.final["test_acc"]
     assert [e["train_loss"] for e in resumed.epochs] == [e["train_loss"] for e in straight.epochs]
+    assert [e["train_eval_acc"] for e in resumed.epochs] == [e["train_eval_acc"] for e in straight.epochs]
+    assert (resumed.preds["pred"] == straight.preds["pred"]).all()
 
 
 def test_nan_loss_is_recorded_as_diverged(fashion) -> None:
@@ -125,7 +181,7 @@ def test_nan_loss_is_recorded_as_diverged(fashion) -> None:
     result = _train(fashion, model_edit=poison, subset=256, val_size=100, epochs=3)
     assert result.final["status"] == "diverged" and result.final["diverged_epoch"] == 1
     assert len(result.epochs) == 1 and result.epochs[0]["train_loss"] is None
-    assert result.final["test_acc"] is None and result.maps is None
+    assert result.final["test_acc"] is None and result.maps is None and result.preds is None
 
 
 def test_split_holds_out_the_last_images_and_normalises(fashion) -> None:

@@ -15,6 +15,7 @@ def build_variant_model(variant: Variant, shape: DataShape) -> nn.Module:
         shape: what the model sees (channels, input side, classes).
     """
     m = variant.config.model
-    return build_model(m.preset, n_1x1=m.n_1x1, head=m.head, dropout=m.dropout, in_channels=shape.channels,
+    return build_model(m.preset, n_1x1=m.n_1x1, head=m.head, dropout=m.dropout,
+                       head_dropout=m.head_dropout, in_channels=shape.channels,
                        num_classes=shape.num_classes, width=m.width, batchnorm=m.batchnorm, fc_hidden=m.fc_hidden,
                        input_size=shape.side, init=m.init)

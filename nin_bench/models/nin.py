@@ -58,14 +58,20 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _validate(name: str, n_1x1: Any, head: Any, dropout: Any, in_channels: Any, num_classes: Any,
-              width: Any, fc_hidden: Any, input_size: Any, init: Any) -> None:
+def _is_p(v: Any) -> bool:
+    """Whether `v` is a dropout probability: a number in [0, 1)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+
+
+def _validate(name: str, n_1x1: Any, head: Any, dropout: Any, head_dropout: Any, in_channels: Any,
+              num_classes: Any, width: Any, fc_hidden: Any, input_size: Any, init: Any) -> None:
     """Check every build argument; errors name the argument, its value and what is allowed."""
     _check(name in REGISTRY, "name", name, f"one of {sorted(REGISTRY)}")
     _check(_is_int(n_1x1) and 0 <= n_1x1 <= 3, "n_1x1", n_1x1, "an int in 0..3")
     _check(head in HEADS, "head", head, f"one of {list(HEADS)}")
-    _check(isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1,
-           "dropout", dropout, "a float in [0, 1)")
+    _check(_is_p(dropout), "dropout", dropout, "a float in [0, 1)")
+    _check(head_dropout is None or _is_p(head_dropout), "head_dropout", head_dropout,
+           "None (the same as dropout) or a float in [0, 1)")
     _check(_is_int(in_channels) and in_channels >= 1, "in_channels", in_channels, "an int >= 1")
     _check(_is_int(num_classes) and num_classes >= 1, "num_classes", num_classes, "an int >= 1")
     _check(isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0,
@@ -225,8 +231,8 @@ class NiN(nn.Module):
 
 
 def build_model(name: str, *, n_1x1: int = 2, head: str = "gap", dropout: float = 0.5,
-                in_channels: int = 3, num_classes: int = 10, width: float = 1.0, batchnorm: bool = False,
-                fc_hidden: Sequence[int] | None = None, input_size: int | None = None,
+                head_dropout: float | None = None, in_channels: int = 3, num_classes: int = 10,
+                width: float = 1.0, batchnorm: bool = False, fc_hidden: Sequence[int] | None = None, input_size: int | None = None,
                 init: str = "kaiming") -> NiN:
     """Build a NiN preset with the given ablation axes.
 
@@ -234,7 +240,11 @@ def build_model(name: str, *, n_1x1: int = 2, head: str = "gap", dropout: float 
         name: preset, a key of `REGISTRY` ("nin_d2l", "nin_cifar").
         n_1x1: 1×1 convs per block, 0..3 (the paper uses 2).
         head: "gap" (class maps + global average pool) or "fc" (trunk-width maps + Linear layers).
-        dropout: p of every dropout layer, in [0, 1); 0 means no dropout module anywhere.
+        dropout: p of the dropout layers between blocks (and of the FC head's, unless `head_dropout` is given),
+            in [0, 1); 0 means no dropout module there.
+        head_dropout: p of the FC head's dropout layers (after each hidden Linear + ReLU), in [0, 1); None = the
+            same as `dropout` (so `dropout` alone switches both, as before this argument existed). Ignored by
+            "gap", whose head has no dropout (its spec records 0.0).
         in_channels: input channels (3 RGB, 1 grey).
         num_classes: classes (= channels of the class maps for "gap").
         width: multiplier on every conv width except the class maps: max(1, round(c * width)).
@@ -250,17 +260,19 @@ def build_model(name: str, *, n_1x1: int = 2, head: str = "gap", dropout: float 
     Raises:
         ValueError: naming the bad argument, its value and what is allowed.
     """
-    _validate(name, n_1x1, head, dropout, in_channels, num_classes, width, fc_hidden, input_size, init)
+    _validate(name, n_1x1, head, dropout, head_dropout, in_channels, num_classes, width, fc_hidden, input_size,
+              init)
     preset = REGISTRY[name]
     size = preset.native_size if input_size is None else input_size
     side = feature_size(preset, size)
     hidden = list(preset.fc_hidden if fc_hidden is None else fc_hidden)
     out_ch = num_classes if head == "gap" else _resolve_width(preset.fc_width, 0, width)
     features, ch = _make_features(preset, n_1x1, in_channels, out_ch, width, float(dropout), batchnorm)
-    head_mod = _make_head(head, ch * side * side, hidden, num_classes, float(dropout))
-    spec = dict(name=name, n_1x1=n_1x1, head=head, dropout=float(dropout), in_channels=in_channels,
-                num_classes=num_classes, width=float(width), batchnorm=bool(batchnorm), fc_hidden=hidden,
-                input_size=size, init=init)
+    head_p = 0.0 if head == "gap" else float(dropout if head_dropout is None else head_dropout)
+    head_mod = _make_head(head, ch * side * side, hidden, num_classes, head_p)
+    spec = dict(name=name, n_1x1=n_1x1, head=head, dropout=float(dropout), head_dropout=head_p,
+                in_channels=in_channels, num_classes=num_classes, width=float(width), batchnorm=bool(batchnorm),
+                fc_hidden=hidden, input_size=size, init=init)
     model = NiN(features, head_mod, spec)
     init_weights(model, init)
     return model

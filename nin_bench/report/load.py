@@ -63,16 +63,18 @@ def load_run(results_dir: Path | ResultsDir) -> Run:
 
 
 def grid_axes(config: dict[str, Any], summary: pd.DataFrame | None = None) -> list[str]:
-    """Record columns of the grid's dotted keys (`model.n_1x1` -> `n_1x1`), in grid order.
+    """Record columns of the grid's dotted keys (`model.n_1x1` -> `n_1x1`), in grid order, then those of the
+    `variants` entries' keys, in order of first appearance.
 
     Args:
         config: resolved config.
-        summary: used when the config has no grid: the axes whose values differ between variants.
+        summary: used when the config has neither: the axes whose values differ between variants.
 
     Returns:
         Column names; only those that are variant axes.
     """
-    cols = [str(k).split(".")[-1] for k in (config.get("grid") or {})]
+    keys = [*(config.get("grid") or {}), *(k for entry in config.get("variants") or [] for k in entry)]
+    cols = list(dict.fromkeys(str(k).split(".")[-1] for k in keys))
     if not cols and summary is not None and len(summary):
         cols = [a for a in AXES if a in summary and summary[a].astype(str).nunique() > 1]
     return [c for c in cols if c in AXES]

@@ -13,7 +13,7 @@ import pandas as pd
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import latest_per_key
 
-AXES = ["preset", "n_1x1", "head", "dropout", "width", "batchnorm", "dataset", "in_channels", "input_size",
+AXES = ["preset", "n_1x1", "head", "dropout", "head_dropout", "width", "batchnorm", "dataset", "in_channels", "input_size",
         "num_classes"]
 PROFILE_COLS = ["params", "macs", "flops_fwd", "flops_fwd_bwd"]
 TIMING_COLS = ["device", "dtype", "channels_last", "compile", "batch_size", "fwd_batch_size", "fwd_img_per_s",

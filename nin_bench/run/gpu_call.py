@@ -32,6 +32,7 @@ from nin_bench.store.folder import (
     MANIFEST,
     MAPS,
     PACKING_JSON,
+    PREDS,
     RECORDS,
     RESULTS_ROOT,
     SELFCHECK_JSON,
@@ -52,7 +53,9 @@ ARCHIVE = "gpu-results.tgz"
 # What comes back of a results folder: the measurements and what describes them. Reports, tables and figures are
 # rebuilt here from these (`python -m nin_bench report DIR`); checkpoints and .cache/ never leave the machine.
 RETURNED_NAMES = (RECORDS, MANIFEST, SUMMARY, CONFIG, SELFCHECK_JSON, SELFCHECK_MD, PACKING_JSON)
-RETURNED_MAPS = (MAPS, ".npz")  # the class-activation maps a GAP-head training unit stores (the report draws them)
+# the .npz files a training unit stores in a subfolder: its GAP class-activation maps (the report draws them) and
+# its test-set predictions (the per-image paired tests read them)
+RETURNED_ARRAYS = {(MAPS, ".npz"), (PREDS, ".npz")}
 
 
 # ------------------------------------------------------------------------------------------------ what travels
@@ -158,14 +161,14 @@ def returned_files(results: Path) -> list[Path]:
         rel = path.relative_to(results).parts
         if CACHE in rel or not path.is_file() or path.is_symlink():
             continue
-        if path.name in RETURNED_NAMES or (path.parent.name, path.suffix) == RETURNED_MAPS:
+        if path.name in RETURNED_NAMES or (path.parent.name, path.suffix) in RETURNED_ARRAYS:
             out.append(path)
     return out
 
 
 def _folder_of(path: Path) -> Path:
-    """The results folder a returned file belongs to (a map file's is two levels up)."""
-    return path.parent.parent if path.parent.name == RETURNED_MAPS[0] else path.parent
+    """The results folder a returned file belongs to (a maps or predictions file's is two levels up)."""
+    return path.parent.parent if (path.parent.name, path.suffix) in RETURNED_ARRAYS else path.parent
 
 
 def snapshot(results: Path) -> dict[str, str]:
@@ -231,7 +234,7 @@ def unpack(parts: list[Path], repo: Path) -> list[Path]:
         for m in members:
             path = PurePosixPath(m.name)
             ok = (m.isfile() and path.parts[0] == RESULTS_ROOT.name and not {"..", CACHE} & set(path.parts)
-                  and (path.name in RETURNED_NAMES or (path.parent.name, path.suffix) == RETURNED_MAPS))
+                  and (path.name in RETURNED_NAMES or (path.parent.name, path.suffix) in RETURNED_ARRAYS))
             if not ok:
                 raise UserError(f"unexpected member {m.name!r} in the returned archive: nothing unpacked")
         tar.extractall(repo, members=members, filter="data")

@@ -130,12 +130,15 @@ def write_run_files(rd: ResultsDir, cfg: SuiteConfig, manifest: dict[str, Any], 
 
 
 def record_result(rd: ResultsDir, unit: Unit, result: UnitResult, log: Log) -> None:
-    """Store one finished unit: its maps file, then its records (fsync'd), then drop its checkpoint."""
-    if result.maps is not None:
-        import numpy as np  # only a training unit with a GAP head has maps
+    """Store one finished unit: its maps and predictions files, then its records (fsync'd), then drop its
+    checkpoint."""
+    for arrays, path in ((result.maps, result.maps_name and rd.map_file(result.maps_name)),
+                         (result.preds, result.preds_name and rd.preds_file(result.preds_name))):
+        if arrays is not None:
+            import numpy as np  # only a training unit has maps (GAP head) and predictions
 
-        with rd.writing(rd.map_file(result.maps_name)) as tmp:
-            np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in result.maps.items()})
+            with rd.writing(path) as tmp:
+                np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
     rd.append_records(result.records)
     for r in result.records:
         if is_unit_failure(r):

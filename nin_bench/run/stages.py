@@ -111,7 +111,7 @@ def run_train(variant: Variant, seed: int, ctx: RunContext, timing_rows: list[di
         timing_rows: this variant's timing records (for loop_efficiency).
 
     Returns:
-        The records, and the GAP maps for the runner to store beside them.
+        The records, and the GAP maps and test-set predictions for the runner to store beside them.
     """
     from nin_bench.train.loop import (
         train_model,  # the heaviest stage; imported only when training runs
@@ -131,13 +131,15 @@ def run_train(variant: Variant, seed: int, ctx: RunContext, timing_rows: list[di
     base = {**base_record(variant, ctx, "train"), "seed": seed}
     rows = [{**base, "stage": "train_epoch", **e} for e in result.epochs]  # see schema.UNIT_OF_KIND
     maps_name = ctx.results.map_name(name) if result.maps is not None else None
+    preds_name = ctx.results.preds_name(name) if result.preds is not None else None
     final = {**base, **result.final, "status": result.final.get("status", "ok"),
              "data_source": data.source, "data_sha256": data.source_sha256,
-             "dtype": resolve_dtype(variant.config.train.dtype, ctx.device), "maps_file": maps_name}
+             "dtype": resolve_dtype(variant.config.train.dtype, ctx.device), "maps_file": maps_name,
+             "preds_file": preds_name}
     reference = reference_train_step(variant, ctx, timing_rows)
     final["timing_train_img_per_s"] = reference
     final["loop_efficiency"] = final["loop_img_per_s"] / reference if final.get("loop_img_per_s") else None
     if final["status"] == "diverged":
         final["error"] = f"loss became non-finite in epoch {final.get('diverged_epoch')}"
     rows.append(final)
-    return UnitResult(rows, result.maps, maps_name)
+    return UnitResult(rows, result.maps, maps_name, result.preds, preds_name)

@@ -47,11 +47,14 @@ class Unit:
 
 @dataclass
 class UnitResult:
-    """What one unit produced: its records, and the GAP maps of a training run (written by the runner)."""
+    """What one unit produced: its records, and the GAP maps and test-set predictions of a training run (written
+    by the runner)."""
 
     records: list[dict[str, Any]]
     maps: dict[str, Any] | None = None
     maps_name: str | None = None  # the results-folder name the final record gives the maps file
+    preds: dict[str, Any] | None = None  # arrays `pred`, `label` (see `TrainResult.preds`)
+    preds_name: str | None = None  # the results-folder name the final record gives them (`preds_file`)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Layout (the committed part, then the git-ignored `.cache/`):
 
     records.jsonl  summary.csv  config.resolved.yaml  manifest.json  report.md  report.html  tables.csv
-    comparisons.csv  tables.tex  figures/  maps/
+    comparisons.csv  tables.tex  figures/  maps/  preds/
     .cache/lock  .cache/append.journal  .cache/checkpoints/  .cache/scratch/  .cache/superseded-<time>/
 
 Appends are atomic per batch of records: the byte range a batch will occupy is written to a journal before
@@ -34,6 +34,7 @@ from nin_bench.errors import UserError
 from nin_bench.store.atomic import atomic_target, write_atomic
 from nin_bench.store.crash_points import crash_point
 from nin_bench.store.records import parse_jsonl, to_jsonl
+from nin_bench.store.schema import upgrade_record
 
 # Where `run` puts a suite's folder when no --out is given: results/<suite name>, relative to the working directory.
 RESULTS_ROOT = Path("results")
@@ -48,12 +49,13 @@ TABLES_TEX = "tables.tex"
 COMPARISONS_CSV = "comparisons.csv"  # the report's pairwise comparisons and factorial effects
 FIGURES = "figures"
 MAPS = "maps"
+PREDS = "preds"  # each training run's predicted class per test image (`preds_name`)
 SELFCHECK_JSON = "selfcheck.json"  # a GPU self-check folder's results (`nin_bench.run.gpu_session`)
 SELFCHECK_MD = "selfcheck.md"
 PACKING_JSON = "packing.json"  # the self-check folder's measurement of concurrent training runs on the device
 # What a run produces; a folder superseded by another config gives these up (the ignored .cache/ stays).
 GENERATED = (RECORDS, SUMMARY, CONFIG, MANIFEST, REPORT_MD, REPORT_HTML, TABLES_TEX, TABLES_CSV, COMPARISONS_CSV,
-             MAPS, FIGURES)
+             MAPS, PREDS, FIGURES)
 CACHE = ".cache"
 
 
@@ -125,6 +127,16 @@ class ResultsDir:
 
     def map_file(self, name: str) -> Path:
         """The maps file a record names (`map_name`)."""
+        return self.root / name
+
+    def preds_name(self, run_name: str) -> str:
+        """How a final train record names its test-set predictions file (`preds_file`), relative to the folder:
+        an .npz with `pred` and `label`, uint8 arrays of the test set's size in its order (uint16 beyond 256
+        classes)."""
+        return f"{PREDS}/{run_name}.npz"
+
+    def preds_file(self, name: str) -> Path:
+        """The predictions file a record names (`preds_name`)."""
         return self.root / name
 
     @property
@@ -235,9 +247,10 @@ class ResultsDir:
 
     # ---- records ------------------------------------------------------------------------------------------
     def read_records(self) -> list[dict[str, Any]]:
-        """Every complete record in file order (missing file: []; a torn last line is skipped)."""
+        """Every complete record in file order, in today's keys (`schema.upgrade_record`: a record from an earlier
+        version gains the keys it lacked); missing file: []; a torn last line is skipped."""
         try:
-            return parse_jsonl(self.records.read_text())
+            return [upgrade_record(r) for r in parse_jsonl(self.records.read_text())]
         except FileNotFoundError:
             return []
 

@@ -16,8 +16,8 @@ UNIT_OF_KIND = {"train_epoch": "train", "layer_timing": "timing", "timing_round"
 RECORD_KINDS = ("profile", "timing", "timing_round", "layer_timing", "train_epoch", "train")
 
 # The columns every record carries: the variant's axes and the shape its model sees ...
-VARIANT_COLUMNS = ("variant", "preset", "n_1x1", "head", "dropout", "width", "batchnorm", "fc_hidden", "init",
-                   "dataset", "in_channels", "input_size", "num_classes")
+VARIANT_COLUMNS = ("variant", "preset", "n_1x1", "head", "dropout", "head_dropout", "width", "batchnorm", "fc_hidden",
+                   "init", "dataset", "in_channels", "input_size", "num_classes")
 # ... and what ran it and how it ended.
 RUN_COLUMNS = ("stage", "status", "error", "protocol", "device", "device_name")
 SHARED_COLUMNS = VARIANT_COLUMNS + RUN_COLUMNS
@@ -53,13 +53,13 @@ KEYS: dict[str, tuple[str, ...]] = {
         "intensity", "bound", "roofline_ms", "attained", "peak_tflops", "peak_source", "datasheet_tflops",
         "mem_gb_per_s", "timing_fwd_ms", "e2e_fwd_ms", "e2e_train_fwd_ms", "e2e_train_step_ms", "idle_fwd_ms",
         "idle_train_step_ms", "note", "error_kind"),
-    "train_epoch": ("seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
-                    "img_per_s"),
+    "train_epoch": ("seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "train_eval_loss",
+                    "train_eval_acc", "lr", "epoch_time_s", "img_per_s"),
     "train": ("seed", "test_acc", "test_loss", "best_val_acc", "train_time_s", "time_to_acc_<pct>_s",
               "loop_img_per_s", "timing_train_img_per_s", "loop_efficiency", "diverged_epoch", "warmup_s",
               "compile_s", "compiled_graphs", "graph_breaks", "late_graphs", "grad_scaler", "cudnn_benchmark",
-              "deterministic", "bit_reproducible", "data_source", "data_sha256", "maps_file", "augment", "batch_size", "compile",
-              "dtype", "epochs", "train_size", "val_size", "test_size"),
+              "deterministic", "bit_reproducible", "data_source", "data_sha256", "maps_file", "preds_file", "augment",
+              "batch_size", "compile", "dtype", "epochs", "train_size", "val_size", "test_size", "train_eval_size"),
 }
 
 
@@ -72,6 +72,25 @@ def key_allowed(kind: str, key: str) -> bool:
         if known == key or (tail and key.startswith(head) and key.endswith(tail.partition(">")[2])):
             return True
     return False
+
+
+def upgrade_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record written by an earlier version, in today's keys (the same dict when nothing is missing).
+
+    `head_dropout` (before it existed `dropout` switched the trunk's and the FC head's dropout together): an FC
+    head's is its `dropout`, a GAP head's 0.0 (it has no dropout layer), placed after `dropout` as today's
+    records have it. A record with no `head` (none is written so) is left as it is.
+    """
+    if "head_dropout" in record or "head" not in record:
+        return record
+    head_p = 0.0 if record["head"] == "gap" else record.get("dropout")
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        out[key] = value
+        if key == "dropout":
+            out["head_dropout"] = head_p
+    out.setdefault("head_dropout", head_p)
+    return out
 
 
 def error_record(base: dict[str, Any], error: str, seed: int | None = None) -> dict[str, Any]:

@@ -54,7 +54,10 @@ class ModelSettings(_Section):
     preset: PresetName = "nin_cifar"
     n_1x1: int = Field(2, ge=0, le=3)
     head: HeadName = "gap"
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # p of the dropout between blocks (and, by default, in the FC head)
+    # p of the dropout inside the FC head; None: the same as `dropout` (the behaviour before this key existed, so
+    # older suites and results keep their meaning). The GAP head has no dropout layer: its head dropout is 0.
+    head_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     width: float = Field(1.0, gt=0.0, le=8.0)
     batchnorm: bool = False
     fc_hidden: list[int] | None = None
@@ -66,6 +69,14 @@ class ModelSettings(_Section):
         if v is not None and any(h < 1 for h in v):
             raise ValueError("every fc_hidden entry must be a positive integer")
         return v
+
+    @property
+    def resolved_head_dropout(self) -> float:
+        """The p of the head's dropout layers as built: 0.0 for the GAP head (it has none), else `head_dropout`,
+        or `dropout` when that is None."""
+        if self.head == "gap":
+            return 0.0
+        return self.dropout if self.head_dropout is None else self.head_dropout
 
 
 class DataSettings(_Section):
@@ -145,6 +156,10 @@ class TrainSettings(_Section):
     subset: int | None = Field(None, ge=10)  # training images used (after the validation hold-out)
     val_size: int = Field(5000, ge=0)
     eval_batch_size: int = Field(1000, ge=1)
+    # eval-mode accuracy on this many training images, evaluated with the validation set (`train_eval_acc`): a
+    # fixed sample (its own generator, the same images for every variant and seed), so train vs validation
+    # accuracy shows overfitting; 0 turns it off. It never changes the training trajectory.
+    train_eval_size: int = Field(5000, ge=0)
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True
     compile: bool = False
@@ -172,7 +187,8 @@ class ReportSettings(_Section):
 
 
 class SuiteConfig(_Section):
-    """One ablation suite: base settings, a grid over dotted keys, seeds, stages, protocol overrides."""
+    """One ablation suite: base settings, a grid over dotted keys and/or an explicit variants list (at least one of
+    them), seeds, stages, protocol overrides."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -183,7 +199,10 @@ class SuiteConfig(_Section):
     threads: int | None = Field(None, ge=1)  # torch's intra-op threads for the whole run (timing and training); None: all cores
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
-    grid: dict[str, list[Any]]
+    grid: dict[str, list[Any]] = {}
+    # explicit variants, each a mapping of dotted overrides (e.g. {model.head: fc, model.head_dropout: 0.0}),
+    # crossed with the grid (the list varies fastest): for rows that are not a full product of axes
+    variants: list[dict[str, Any]] = []
     timing: TimingSettings = TimingSettings()
     train: TrainSettings = TrainSettings()
     report: ReportSettings = ReportSettings()
@@ -210,13 +229,30 @@ class SuiteConfig(_Section):
     @field_validator("grid")
     @classmethod
     def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        if not v:
-            raise ValueError("grid is empty: give at least one dotted key with a list of values, "
-                             "e.g. grid: {model.n_1x1: [0, 1, 2]}")
         for key, values in v.items():
             if not values:
                 raise ValueError(f"grid.{key} is an empty list; give at least one value")
         return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, overrides in enumerate(v):
+            if not overrides:
+                raise ValueError(f"variants[{i}] is empty; give each variant at least one dotted key, "
+                                 "e.g. {model.head: fc, model.head_dropout: 0.0}")
+        return v
+
+    @model_validator(mode="after")
+    def _some_variant(self) -> SuiteConfig:
+        if not self.grid and not self.variants:
+            raise ValueError("grid and variants are both empty: give a grid (dotted keys with lists of values, "
+                             "e.g. grid: {model.n_1x1: [0, 1, 2]}) or a variants list (one mapping of dotted "
+                             "keys per variant)")
+        both = sorted({k for overrides in self.variants for k in overrides} & set(self.grid))
+        if both:
+            raise ValueError(f"{both[0]!r} is both a grid key and a key of a variants entry: set it in one place")
+        return self
 
 
 # ---- loading, overrides, protocol ------------------------------------------------------------------------
@@ -236,6 +272,7 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "train.epochs": 1,
     "train.subset": 2000,
     "train.val_size": 1000,
+    "train.train_eval_size": 1000,
 }
 
 
@@ -335,6 +372,12 @@ def _validate_merged(raw: dict[str, Any], where: str = "", last: dict[str, Any] 
             if head not in _OVERRIDABLE and not (block != "grid" and key in _RUN_LEVEL):
                 raise ConfigError(f"{block}.{key}: cannot be overridden here; keys must start with "
                                   f"{', '.join(_OVERRIDABLE)}" + ("" if block == "grid" else " (or be 'seeds' or 'threads')"))
+    for i, overrides in enumerate(cfg.variants):
+        for key in overrides:
+            if key.split(".")[0] not in _OVERRIDABLE:
+                raise ConfigError(f"variants[{i}].{key}: cannot be overridden here; keys must start with "
+                                  f"{', '.join(_OVERRIDABLE)}")
+        apply_overrides(cfg, overrides, where=f"variants[{i}]")
     for key, values in cfg.grid.items():
         for value in values:
             apply_overrides(cfg, {key: value}, where=f"grid.{key}")

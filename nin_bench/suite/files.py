@@ -19,7 +19,7 @@ import yaml
 from nin_bench.errors import ConfigError
 
 # Keys a protocol file may not set: they say what a suite is, not how it is run.
-SUITE_ONLY = ("name", "description", "grid", "protocols")
+SUITE_ONLY = ("name", "description", "grid", "variants", "protocols")
 # The per-device override blocks (dotted key -> value); the one used is picked at run time (`resolve_protocol`).
 DEVICE_BLOCKS = ("cpu", "gpu")
 

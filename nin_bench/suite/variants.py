@@ -1,4 +1,5 @@
-"""Expand a suite's grid into variants, each with a readable deterministic id and its flat axis columns."""
+"""Expand a suite's grid (and its explicit `variants` list) into variants, each with a readable deterministic id and
+its flat axis columns."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,7 @@ from nin_bench.suite.config import SuiteConfig, apply_overrides
 
 @dataclass(frozen=True)
 class Variant:
-    """One grid point: the config with its grid values applied, and its id."""
+    """One grid point: the config with its grid values (and its `variants` entry) applied, and its id."""
 
     id: str
     config: SuiteConfig
@@ -27,7 +28,7 @@ class Variant:
         m, d = self.config.model, self.config.data
         cols = {
             "variant": self.id, "preset": m.preset, "n_1x1": m.n_1x1, "head": m.head, "dropout": m.dropout,
-            "width": m.width, "batchnorm": m.batchnorm, "fc_hidden": _hidden_text(m.fc_hidden), "init": m.init,
+            "head_dropout": m.resolved_head_dropout, "width": m.width, "batchnorm": m.batchnorm, "fc_hidden": _hidden_text(m.fc_hidden), "init": m.init,
             "dataset": d.dataset, "in_channels": shape.channels, "input_size": shape.side,
             "num_classes": shape.num_classes,
         }
@@ -49,6 +50,10 @@ def input_size_of(cfg: SuiteConfig) -> int | None:
 def variant_id(cfg: SuiteConfig, grid_values: tuple[tuple[str, Any], ...]) -> str:
     """A readable id, e.g. `nin_cifar-n1x1_2-gap-do0.5-cifar10`; non-default axes are appended.
 
+    An FC head whose dropout differs from the trunk's gets `-hdo<p>` (e.g. `nin_cifar-n1x1_2-fc-do0.5-cifar10-hdo0`);
+    a head dropout left unset (None: the trunk's p) or set to the trunk's p builds the model the id named before
+    `model.head_dropout` existed, so it keeps that id (and the GAP head, which has no dropout, never gets one).
+
     Args:
         cfg: the variant's config (grid values applied).
         grid_values: (dotted key, value) of this grid point, to name axes the fixed parts do not.
@@ -63,8 +68,10 @@ def variant_id(cfg: SuiteConfig, grid_values: tuple[tuple[str, Any], ...]) -> st
         parts.append(f"fc{_hidden_text(m.fc_hidden)}")
     if d.input_size is not None:
         parts.append(f"in{d.input_size}")
+    if m.head != "gap" and m.resolved_head_dropout != m.dropout:
+        parts.append(f"hdo{m.resolved_head_dropout:g}")
     named = {"model.preset", "model.n_1x1", "model.head", "model.dropout", "data.dataset", "model.width",
-             "model.batchnorm", "model.fc_hidden", "data.input_size"}
+             "model.batchnorm", "model.fc_hidden", "data.input_size", "model.head_dropout"}
     for key, value in grid_values:
         if key not in named:
             parts.append(f"{key.split('.')[-1]}{value}")
@@ -72,21 +79,26 @@ def variant_id(cfg: SuiteConfig, grid_values: tuple[tuple[str, Any], ...]) -> st
 
 
 def expand_grid(cfg: SuiteConfig) -> list[Variant]:
-    """The cartesian product of the grid, in YAML order (last key varies fastest).
+    """The cartesian product of the grid, in YAML order (last key varies fastest), crossed with the suite's
+    `variants` list, which varies fastest of all (no list: the grid alone; no grid: the list alone).
 
     Raises:
-        ConfigError: two grid points map to the same id (e.g. a grid over a key with duplicate values).
+        ConfigError: two points map to the same id (a grid over a key with duplicate values, two equal `variants`
+            entries, or settings the model ignores: `model.head_dropout` of a GAP head, which has no dropout).
     """
     keys = list(cfg.grid)
+    rows = [tuple(entry.items()) for entry in cfg.variants] or [()]
     variants = []
     for combo in itertools.product(*(cfg.grid[k] for k in keys)):
-        values = tuple(zip(keys, combo))
-        vcfg = apply_overrides(cfg, dict(values), where="grid")
-        variants.append(Variant(variant_id(vcfg, values), vcfg, values))
+        for i, row in enumerate(rows):
+            values = tuple(zip(keys, combo)) + row
+            vcfg = apply_overrides(cfg, dict(values), where=f"variants[{i}]" if row else "grid")
+            variants.append(Variant(variant_id(vcfg, values), vcfg, values))
     ids = [v.id for v in variants]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise ConfigError(f"grid gives duplicate variants {dupes}: remove repeated values from the grid")
+        raise ConfigError(f"the grid and variants give duplicate variants {dupes}: remove repeated values or "
+                          "entries (a GAP head ignores model.head_dropout: it has no dropout layer)")
     return variants
 
 

@@ -17,6 +17,9 @@ from nin_bench.data.datasets import Dataset, channel_stats
 from nin_bench.runtime.train_step import autocast
 
 MAP_IMAGES = 10  # one test image per class (the first 10 classes) for the GAP confidence-map figure
+# Seeds the generator that picks the training images `train_eval_acc` is measured on: a constant of its own, so the
+# sample is the same for every variant and seed and draws nothing from the training run's generators.
+TRAIN_EVAL_SEED = 2014
 
 
 @dataclass
@@ -71,8 +74,27 @@ def split_data(dataset: Dataset, settings: Any, device: torch.device, input_size
                   on(1.0 / (255.0 * std)), on(-mean / std), input_size, settings.channels_last)
 
 
+def train_eval_sample(split: Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed sample of training images `train_eval_acc` is measured on (uint8 images and labels, on the device).
+
+    Args:
+        split: the run's data.
+        size: images wanted (`train.train_eval_size`); all the training images when there are fewer; 0: none.
+
+    Returns:
+        (images, labels) in training-set order, picked by a generator seeded with `TRAIN_EVAL_SEED` alone: the
+        same images for every variant and seed of a training split, and no draw from the run's generators.
+    """
+    n = split.train_x.shape[0]
+    if size >= n:
+        return split.train_x, split.train_y
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))[:size].sort().values
+    idx = idx.to(split.train_x.device)
+    return split.train_x[idx], split.train_y[idx]
+
+
 def evaluate(net: nn.Module, split: Split, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             amp: torch.dtype | None) -> tuple[float | None, float | None]:
+             amp: torch.dtype | None, preds: list[torch.Tensor] | None = None) -> tuple[float | None, float | None]:
     """Mean cross-entropy and accuracy over (x, y), in eval mode under inference_mode.
 
     Args:
@@ -81,6 +103,7 @@ def evaluate(net: nn.Module, split: Split, x: torch.Tensor, y: torch.Tensor, bat
         x, y: uint8 images and labels on the device.
         batch_size: images per forward pass.
         amp: autocast dtype or None.
+        preds: when given, each batch's predicted classes (int64, on the device) are appended to it, in order.
 
     Returns:
         (loss, accuracy), or (None, None) for an empty set.
@@ -94,7 +117,10 @@ def evaluate(net: nn.Module, split: Split, x: torch.Tensor, y: torch.Tensor, bat
         for i in range(0, x.shape[0], batch_size):
             logits = net(split.prep(x[i:i + batch_size])).float()
             loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum")
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+            predicted = logits.argmax(1)
+            correct += (predicted == y[i:i + batch_size]).sum()
+            if preds is not None:
+                preds.append(predicted)
     net.train()
     return loss_sum.item() / x.shape[0], correct.item() / x.shape[0]
 

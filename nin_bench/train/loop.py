@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -46,7 +47,13 @@ from nin_bench.runtime.train_step import (
 )
 from nin_bench.store.crash_points import crash_point
 from nin_bench.train.checkpoint import load_checkpoint, save_checkpoint
-from nin_bench.train.holdout import Split, confidence_maps, evaluate, split_data
+from nin_bench.train.holdout import (
+    Split,
+    confidence_maps,
+    evaluate,
+    split_data,
+    train_eval_sample,
+)
 from nin_bench.train.schedule import build_scheduler
 
 ETA_STEPS = 5  # steps timed for the ETA printed at the start of a run
@@ -57,16 +64,20 @@ class TrainResult:
     """What one training run produced.
 
     Attributes:
-        epochs: one flat dict per epoch (epoch, lr, train_loss, train_acc, val_loss, val_acc, epoch_time_s,
-            img_per_s).
+        epochs: one flat dict per epoch (epoch, lr, train_loss, train_acc, val_loss, val_acc, train_eval_loss,
+            train_eval_acc, epoch_time_s, img_per_s).
         final: the run's summary (seed, epochs, batch_size, test_acc, test_loss, best_val_acc, train_time_s,
-            loop_img_per_s, time_to_acc_<pct>_s, diverged_epoch, status, train_size, val_size, augment).
+            loop_img_per_s, time_to_acc_<pct>_s, diverged_epoch, status, train_size, val_size, test_size,
+            train_eval_size, augment).
         maps: GAP confidence maps for the report (arrays maps, images, labels, preds, classes) or None.
+        preds: the test set's predicted classes and labels (uint8 arrays `pred`, `label` in test-set order; uint16
+            beyond 256 classes), or None when the run diverged.
     """
 
     epochs: list[dict]
     final: dict
     maps: dict | None = None
+    preds: dict | None = None
 
 
 @dataclass
@@ -120,6 +131,8 @@ class _Loop:
     amp: torch.dtype | None
     seed: int
     scaler: torch.amp.GradScaler | None = None  # fp16 only
+    # the fixed sample of training images evaluated beside the validation set (`holdout.train_eval_sample`)
+    train_eval: tuple[torch.Tensor, torch.Tensor] | None = None
     bar: Any = None  # tqdm, set once the start epoch is known
     logits: list = field(default_factory=list)  # filled by a forward hook: train accuracy without a 2nd forward
 
@@ -187,7 +200,8 @@ def _acc_key(fraction: float) -> str:
 
 
 def _record_epoch(state: _State, settings: Any, epoch: int, train: tuple[float, float, int, float],
-                  seconds: float, val: tuple[float | None, float | None]) -> dict:
+                  seconds: float, val: tuple[float | None, float | None],
+                  train_eval: tuple[float | None, float | None] = (None, None)) -> dict:
     """Update the run's counters with one finished epoch and return its flat record.
 
     Args:
@@ -197,6 +211,7 @@ def _record_epoch(state: _State, settings: Any, epoch: int, train: tuple[float, 
         train: (_train_epoch's loss, accuracy, images, lr).
         seconds: the epoch's training wall time (evaluation excluded).
         val: (val loss, val accuracy), Nones when not evaluated this epoch.
+        train_eval: (loss, accuracy) in eval mode on the fixed training sample, Nones when not evaluated.
 
     Returns:
         The epoch record (a non-finite train loss is stored as None, which JSON can hold).
@@ -209,7 +224,8 @@ def _record_epoch(state: _State, settings: Any, epoch: int, train: tuple[float, 
             if state.reached_s.get(_acc_key(fraction)) is None and val[1] >= fraction:
                 state.reached_s[_acc_key(fraction)] = state.elapsed_s
     row = {"epoch": epoch, "lr": lr, "train_loss": loss if math.isfinite(loss) else None, "train_acc": acc,
-           "val_loss": val[0], "val_acc": val[1], "epoch_time_s": seconds, "img_per_s": images / seconds}
+           "val_loss": val[0], "val_acc": val[1], "train_eval_loss": train_eval[0], "train_eval_acc": train_eval[1],
+           "epoch_time_s": seconds, "img_per_s": images / seconds}
     state.history.append(row)
     return row
 
@@ -219,7 +235,8 @@ def _eta_printer(loop: _Loop, state: _State) -> Callable[[float], None]:
     settings = loop.settings
     steps = (settings.epochs - state.epoch) * loop.steps_per_epoch
     evals = math.ceil((settings.epochs - state.epoch) / settings.eval_every)
-    eval_images = loop.split.val_x.shape[0] * evals + loop.split.test_x.shape[0]
+    per_eval = loop.split.val_x.shape[0] + (loop.train_eval[0].shape[0] if loop.train_eval else 0)
+    eval_images = per_eval * evals + loop.split.test_x.shape[0]
 
     def show(sec_per_step: float) -> None:
         # a forward pass costs about a third of a training step per image
@@ -247,7 +264,10 @@ def _run_epochs(loop: _Loop, model: nn.Module, state: _State, checkpoint: Path |
         evaluate_now = not diverged and (epoch % settings.eval_every == 0 or epoch == settings.epochs)
         val = (evaluate(loop.net, loop.split, loop.split.val_x, loop.split.val_y, settings.eval_batch_size,
                         loop.amp) if evaluate_now else (None, None))
-        row = _record_epoch(state, settings, epoch, train, seconds, val)
+        # eval mode draws nothing from the global generator (no dropout): the trajectory stays what it was
+        train_eval = (evaluate(loop.net, loop.split, *loop.train_eval, settings.eval_batch_size, loop.amp)
+                      if evaluate_now and loop.train_eval else (None, None))
+        row = _record_epoch(state, settings, epoch, train, seconds, val, train_eval)
         loop.bar.set_postfix(loss=f"{train[0]:.3f}", acc=f"{train[1]:.3f}",
                              val=f"{val[1]:.3f}" if val[1] is not None else "-")
         if diverged:
@@ -274,8 +294,10 @@ def _make_loop(model: nn.Module, split: Split, settings: Any, dataset_name: str,
                                 weight_decay=settings.weight_decay)
     steps = len(_batches(split.train_x.shape[0], settings.batch_size))
     amp = amp_dtype(resolve_dtype(settings.dtype, device.type))
+    sample = train_eval_sample(split, settings.train_eval_size) if settings.train_eval_size else None
     return _Loop(net, optimizer, build_scheduler(optimizer, settings, steps), split, settings,
-                 aug.resolve_augment(settings.augment, dataset_name), amp, seed, grad_scaler(device.type, amp))
+                 aug.resolve_augment(settings.augment, dataset_name), amp, seed, grad_scaler(device.type, amp),
+                 train_eval=sample)
 
 
 def _needs_warm_up(settings: Any, device: torch.device, force: bool | None) -> bool:
@@ -305,8 +327,10 @@ def _warm_up(loop: _Loop, model: nn.Module) -> float:
     draws = aug.draw(n, loop.augment, torch.Generator().manual_seed(0))  # its own generator: no global draws
     train_batch = _batch(split, idx, draws.to(idx.device))
 
+    sets = [(split.val_x, split.val_y), (split.test_x, split.test_y), *([loop.train_eval] if loop.train_eval else [])]
+
     def evaluate_every_shape() -> None:
-        for x, y in (split.val_x, split.val_y), (split.test_x, split.test_y):
+        for x, y in sets:
             total, bs = x.shape[0], settings.eval_batch_size
             for k in {min(bs, total), total % bs if total > bs else 0} - {0}:
                 evaluate(loop.net, split, x[:k], y[:k], bs, loop.amp)
@@ -326,6 +350,7 @@ def _final(loop: _Loop, state: _State, test: tuple[float | None, float | None]) 
         "diverged_epoch": state.diverged_epoch, "status": "diverged" if state.diverged_epoch else "ok",
         "train_size": int(loop.split.train_x.shape[0]), "val_size": int(loop.split.val_x.shape[0]),
         "test_size": int(loop.split.test_x.shape[0]),
+        "train_eval_size": int(loop.train_eval[0].shape[0]) if loop.train_eval else 0,
         "augment": loop.augment,
     }
 
@@ -399,9 +424,28 @@ def train_model(model: nn.Module, dataset: Dataset, settings: Any, *, device: st
             hook.remove()
             loop.bar.close()
         ok = state.diverged_epoch is None
-        test = (evaluate(loop.net, split, split.test_x, split.test_y, settings.eval_batch_size, loop.amp)
-                if ok else (None, None))
+        predicted: list[torch.Tensor] = []
+        test = (evaluate(loop.net, split, split.test_x, split.test_y, settings.eval_batch_size, loop.amp,
+                         preds=predicted) if ok else (None, None))
     gap = getattr(model, "spec", {}).get("head") == "gap"
     maps = confidence_maps(model, split, dataset.classes) if ok and gap else None
     final = {**_final(loop, state, test), **_run_facts(loop, device, compile_s, warm_graphs), "warmup_s": warmup_s}
-    return TrainResult(epochs=list(state.history), final=final, maps=maps)
+    preds = prediction_arrays(predicted, split.test_y, len(dataset.classes)) if ok else None
+    return TrainResult(epochs=list(state.history), final=final, maps=maps, preds=preds)
+
+
+def prediction_arrays(predicted: list[torch.Tensor], labels: torch.Tensor,
+                      num_classes: int) -> dict[str, np.ndarray]:
+    """The test set's predicted classes and labels as compact arrays (what `preds_file` stores).
+
+    Args:
+        predicted: the test pass's per-batch predicted classes, in test-set order.
+        labels: the test labels.
+        num_classes: the data set's classes (uint8 holds up to 256, uint16 beyond).
+
+    Returns:
+        {"pred": ..., "label": ...}: arrays of one unsigned dtype and the test set's length.
+    """
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    return {"pred": torch.cat(predicted).cpu().numpy().astype(dtype),
+            "label": labels.cpu().numpy().astype(dtype)}
