@@ -247,9 +247,9 @@ def test_protocols_merge_in_order_then_suite_on_top(tmp_path):
 def test_set_protocols_replaces_the_list_before_the_merge(tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: s\ngrid: {model.n_1x1: [0]}\nprotocols: [paper]\n")
-    assert load_config(suite).train.epochs == 100
+    assert load_config(suite).seeds == [0, 1, 2]  # the paper protocol's three seeds
     cfg = load_config(suite, ["protocols=[cpu_short]"])
-    assert (cfg.protocols, cfg.train.epochs, cfg.cpu["model.width"]) == (["cpu_short"], 30, 0.25)
+    assert (cfg.protocols, cfg.seeds, cfg.cpu["model.width"]) == (["cpu_short"], [0], 0.25)
 
 
 @pytest.mark.parametrize("protocols, proto_text, message", [

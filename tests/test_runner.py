@@ -1,7 +1,9 @@
 """The runner end to end: records, summary, manifest, resume, superseding foreign results, error rows."""
 import json
 import os
+import shlex
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +14,16 @@ from nin_bench.run import runner
 from nin_bench.run.runner import run_suite
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.schema import RECORD_KINDS, key_allowed
-from nin_bench.suite.config import resolve_protocol, validate
+from nin_bench.suite.config import (
+    config_of_folder,
+    load_config,
+    resolve_protocol,
+    validate,
+)
+
+ROOT = Path(__file__).parents[1]
+# No runner test checks a figure (tests/test_report.py does): each run's report draws none.
+pytestmark = pytest.mark.usefixtures("no_figures")
 
 SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3}
 # Fixed ceilings handed to the runs of tests that do not check the measured ones (measuring costs ~20 s a run).
@@ -20,7 +31,7 @@ FIXED = Ceilings("cpu", {"fp32": 1e11, "bf16": 2e11}, 1e10)
 
 
 def _suite(**extra):
-    raw = {"name": "t", "model": {"width": 0.125}, "stages": ["profile", "timing"], "timing": SMALL_TIMING,
+    raw = {"name": "t", "model": {"width": 0.125}, "stages": ["profile", "timing"], "timing": SMALL_TIMING, "threads": 1,
            "grid": {"data.dataset": ["cifar10", "fashion_mnist"], "model.n_1x1": [0, 2]}, **extra}
     cfg, protocol, _ = resolve_protocol(validate(raw), cuda=False)
     return cfg, protocol
@@ -115,8 +126,10 @@ def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch)
 def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
     cfg, protocol = _suite(
         stages=["profile", "timing", "train"], seeds=[0], grid={"model.n_1x1": [2]},
-        data={"dataset": "fashion_mnist"}, model={"width": 0.25, "batchnorm": True},
-        train={"epochs": 2, "subset": 4000, "val_size": 1000, "batch_size": 64, "lr": 0.2},
+        data={"dataset": "fashion_mnist"}, model={"width": 0.125, "batchnorm": True, "dropout": 0.0},
+        # 62 steps of the tiny BN NiN: about 70 % test accuracy (tests/test_gpu_ready.py's TINY run)
+        train={"epochs": 2, "subset": 2000, "val_size": 500, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
+               "warmup_epochs": 0.0},
         timing={**SMALL_TIMING, "batch_sizes": [1, 64], "reference_batch_size": 64},
     )
     _run(cfg, protocol, tmp_path)
@@ -173,3 +186,16 @@ def test_a_unit_context_sent_to_a_worker_keeps_the_run_ceilings(tmp_path):
 
     ctx = RunContext(ResultsDir(tmp_path), "cpu", "cpu", "cpu", ceilings=FIXED)
     assert ctx.fresh().ceilings is FIXED
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "results").glob("*/manifest.json")))
+def test_committed_folders_are_continued_by_the_command_that_made_them(folder):
+    """The command in a committed folder's manifest, run today on the same kind of device, resolves to the
+    folder's own fingerprint, so it continues the folder rather than superseding it (protocol files and schema
+    defaults may move a number between them, never change what a committed suite resolves to)."""
+    rd = ResultsDir(ROOT / "results" / folder)
+    argv = shlex.split(rd.read_manifest()["command"])
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    suite = next(ROOT / a for a in argv if a.endswith(".yaml"))
+    cfg, protocol, _ = resolve_protocol(load_config(suite, sets), cuda=False, full="--full" in argv, sets=sets)
+    assert runner.fingerprint(cfg, protocol) == runner.fingerprint(*config_of_folder(rd.read_config()))
