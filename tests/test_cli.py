@@ -135,8 +135,8 @@ def test_list_explain_prints_each_setting_and_its_origin():
     assert res.returncode == 0, res.stderr
     lines = {line.split()[0]: line for line in res.stdout.splitlines()[1:] if " = " in line}
     assert lines["model.head"].endswith('= "gap"  (suite)') or lines["model.head"].endswith("= gap  (suite)")
-    assert lines["train.batch_size"].endswith("= 128  (protocol paper)")
-    assert lines["timing.reference_batch_size"].endswith("= 128  (protocol timing_sweep)")
+    assert lines["train.batch_size"].endswith("= 128  (default)")  # the paper protocol's, written in the schema
+    assert lines["timing.reference_batch_size"].endswith("= 128  (default)")
     assert lines["train.lr"].endswith("= 0.2  (--set)")
     assert lines["train.momentum"].endswith("= 0.9  (default)")
     if "protocol on cpu" in res.stdout:  # the device is guessed from this machine's device files

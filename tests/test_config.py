@@ -67,8 +67,8 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     last (its own plain keys beat a protocol's cpu:/gpu: block), the three seeds of dropout, full, head and
     one_by_one are written in the paper protocol file, under cpu_short's `cpu: {seeds: [0]}`, so that they
     resolve as before. `report.equivalence_margin_pp` (default 1.0) was added to every report section.
-    Timing in interleaved rounds added `timing.rounds` (default 5; 3 under --quick) and `timing.round_seed` (0);
-    cpu_short times 10 repeats per round (5 rounds: the 50 iterations it timed before) and --quick 3 per round.
+    Timing in interleaved rounds added `timing.rounds` (default 5, at most the repeats, which the rounds split;
+    3 under --quick) and `timing.round_seed` (0).
     Issue 18 added three keys whose defaults change nothing measured (`model.head_dropout:
     null`, the trunk's p; `train.train_eval_size: 5000`, 1000 under --quick; `variants: []`); head.yaml became
     the paper's four Table 5 / section 4.2 rows (`variants`, no grid, GAP + dropout as the baseline); and the
@@ -285,9 +285,9 @@ def test_protocols_merge_in_order_then_suite_on_top(tmp_path):
 def test_set_protocols_replaces_the_list_before_the_merge(tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: s\ngrid: {model.n_1x1: [0]}\nprotocols: [paper]\n")
-    assert load_config(suite).train.epochs == 100
+    assert load_config(suite).seeds == [0, 1, 2]  # the paper protocol's three seeds
     cfg = load_config(suite, ["protocols=[cpu_short]"])
-    assert (cfg.protocols, cfg.train.epochs, cfg.cpu["model.width"]) == (["cpu_short"], 30, 0.25)
+    assert (cfg.protocols, cfg.seeds, cfg.cpu["model.width"]) == (["cpu_short"], [0], 0.25)
 
 
 @pytest.mark.parametrize("protocols, proto_text, message", [

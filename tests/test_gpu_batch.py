@@ -23,6 +23,8 @@ from nin_bench.store.records import completed, record_key
 from nin_bench.suite.config import resolve_protocol, validate
 from nin_bench.suite.variants import expand_grid
 
+# No test here checks a figure (tests/test_report.py does): the runs' reports draw none.
+pytestmark = pytest.mark.usefixtures("no_figures")
 needs_data = pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (../shared/data)")
 ABLATIONS = Path(__file__).parents[1] / "ablations"
 FIXED = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # handed in: the ceilings are not what these tests check
@@ -32,7 +34,7 @@ RAW = {"name": "batch", "seeds": [0, 1], "stages": ["profile", "train"], "thread
        "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3,
                   "layer_timing": False},
        "train": {"epochs": 1, "subset": 600, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
-                 "augment": "none"}}
+                 "warmup_epochs": 0.0, "augment": "none"}}
 
 
 def _cfg(**over):

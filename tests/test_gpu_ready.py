@@ -29,7 +29,7 @@ from nin_bench.suite.variants import expand_grid
 
 SHAPE = (3, 16, 16)
 TINY = dict(batch_size=64, subset=2000, val_size=500, epochs=2, augment="none", schedule="cosine", lr=0.1,
-            time_to_acc=[0.5])
+            warmup_epochs=0.0, time_to_acc=[0.5])
 
 FIXED = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # handed in: these tests do not check the measured ceilings
 

@@ -30,7 +30,7 @@ RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
        "grid": {"model.n_1x1": [1]},
        "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3}, "threads": 1,
        "train": {"epochs": 2, "subset": 2000, "val_size": 500, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
-                 "augment": "none"}}
+                 "warmup_epochs": 0.0, "augment": "none"}}
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,7 @@ def _accuracies(out):
 
 
 @needs_data
-def test_ray_gives_the_local_executors_accuracies(ray_session, tmp_path):
+def test_ray_gives_the_local_executors_accuracies(ray_session, tmp_path, no_figures):
     cfg, protocol, _ = resolve_protocol(validate(RAW), cuda=False)
     logs = []
     fixed = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # the accuracies are compared, not the MFU
@@ -80,7 +80,8 @@ model: {width: 0.125, batchnorm: true, dropout: 0.0}
 data: {dataset: fashion_mnist}
 grid: {model.n_1x1: [1]}
 timing: {batch_sizes: [2, 8], reference_batch_size: 8, warmup: 1, repeats: 3}
-train: {epochs: 3, subset: 2000, val_size: 500, batch_size: 64, lr: 0.1, schedule: cosine, augment: none}
+train: {epochs: 3, subset: 2000, val_size: 500, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
+        augment: none}
 """
 
 

@@ -43,7 +43,8 @@ threads: 1
 model: {width: 0.125, batchnorm: true, dropout: 0.0}
 data: {dataset: fashion_mnist}
 grid: {model.n_1x1: [1]}
-train: {epochs: 2, subset: 400, val_size: 100, batch_size: 50, lr: 0.1, schedule: cosine, augment: none}
+train: {epochs: 2, subset: 400, val_size: 100, batch_size: 50, lr: 0.1, schedule: cosine, warmup_epochs: 0,
+        augment: none}
 """
 
 
@@ -120,7 +121,7 @@ def _accuracies(out: Path) -> dict:
 
 
 @needs_data
-def test_ray_client_join_gives_the_local_executors_results(cluster, tmp_path):
+def test_ray_client_join_gives_the_local_executors_results(cluster, tmp_path, no_figures):
     """ray://: the data root only in the driver's shell, the code through py_modules, both nodes used."""
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE)

@@ -192,7 +192,7 @@ def test_interleave_runs_every_round_in_its_recorded_order_from_the_start_round(
     calls: list[str] = []
     seen: list[tuple[int, list[str]]] = []
     fakes = {k: _Fake(k, calls) for k in "abc"}
-    timing.interleave(fakes, repeats=2, rounds=5, seed=3, salt="x", start=2,
+    timing.interleave(fakes, windows=[2] * 5, seed=3, salt="x", start=2,
                       on_round=lambda r, times, order: seen.append((r, order)))
     expected = [timing.round_order(["a", "b", "c"], 3, r, "x") for r in (2, 3, 4)]
     assert seen == list(zip((2, 3, 4), expected)) and calls == [k for o in expected for k in o]
@@ -202,6 +202,13 @@ def test_interleave_drops_a_contender_whose_window_fails_and_goes_on():
     calls: list[str] = []
     fakes = {"a": _Fake("a", calls), "b": _Fake("b", calls, fail_at=1)}
     failed, timed = [], []
-    timing.interleave(fakes, repeats=1, rounds=3, seed=0, on_round=lambda r, t, o: timed.append(sorted(t)),
+    timing.interleave(fakes, windows=[1, 1, 1], seed=0, on_round=lambda r, t, o: timed.append(sorted(t)),
                       on_fail=lambda key, exc: (failed.append(key), fakes.pop(key)))
     assert failed == ["b"] and timed == [["a", "b"], ["a"], ["a"]]
+
+
+def test_the_repeats_are_split_over_the_rounds():
+    assert timing.round_windows(50, 5) == [10] * 5 and timing.round_windows(20, 3) == [7, 7, 6]
+    assert timing.round_windows(3, 3) == [1, 1, 1]
+    with pytest.raises(ValueError, match="cannot fill"):
+        timing.round_windows(3, 4)

@@ -16,7 +16,7 @@ from nin_bench.suite.variants import expand_grid
 FIXED = Ceilings("cpu", peak_flops={"fp32": 1e11}, bytes_per_s=1e10)
 RAW = {"name": "t", "threads": 1, "model": {"width": 0.125, "batchnorm": True},
        "grid": {"model.dropout": [0.0, 0.5]},
-       "timing": {"batch_sizes": [2], "reference_batch_size": 2, "warmup": 1, "repeats": 3, "rounds": 4,
+       "timing": {"batch_sizes": [2], "reference_batch_size": 2, "warmup": 1, "repeats": 8, "rounds": 4,
                   "round_seed": 7, "modes": ["forward", "train_step"], "layer_timing": False}}
 
 
@@ -35,9 +35,9 @@ def test_rows_are_the_median_of_their_rounds_and_rounds_pair_across_variants(tmp
     assert len(rows) == 2 * 2 and len(rounds) == 2 * 2 * 4  # 2 variants x 2 modes (x 4 rounds)
     for row in rows:
         mine = [r for r in rounds if r["variant"] == row["variant"] and r["mode"] == row["mode"]]
-        assert [r["round"] for r in mine] == [0, 1, 2, 3] and all(r["repeats"] == 3 for r in mine)
+        assert [r["round"] for r in mine] == [0, 1, 2, 3] and all(r["repeats"] == 2 for r in mine)  # 8 / 4 rounds
         assert row["ms_median"] == statistics.median(r["ms_median"] for r in mine)
-        assert row["rounds"] == 4 and row["round_seed"] == 7 and row["repeats"] == 3
+        assert row["rounds"] == 4 and row["round_seed"] == 7 and row["repeats"] == 8
         assert row["round_ms_min"] == min(r["ms_median"] for r in mine) and 0 < row["mfu"]
     for mode in ("forward", "train_step"):
         for i in range(4):  # every round holds both variants, at the places the recorded seed gave them

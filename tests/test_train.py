@@ -26,7 +26,7 @@ FINAL_KEYS = {"seed", "epochs", "batch_size", "test_acc", "test_loss", "best_val
 # 1 epoch of 2,000 images (31 steps of 64, cosine from lr 0.1) lifts this tiny BN model without dropout from 10 %
 # to 55-59 % test accuracy (seeds 0, 1); with dropout 0.5 it would stay near 30-38 % after so few steps.
 TINY = dict(batch_size=64, subset=2000, val_size=500, epochs=1, augment="none", schedule="cosine", lr=0.1,
-            time_to_acc=[0.5, 0.99])
+            warmup_epochs=0.0, time_to_acc=[0.5, 0.99])
 
 
 def _tiny_model(seed: int, dropout: float) -> torch.nn.Module:
@@ -223,7 +223,7 @@ def test_same_seed_same_draws() -> None:
 
 # ---------------------------------------------------------------------------------------------- schedules
 def _lrs(schedule: str, total: int = 100, **kw) -> list[float]:
-    settings = TrainSettings(schedule=schedule, epochs=10, **kw)
+    settings = TrainSettings(**{"schedule": schedule, "epochs": 10, "warmup_epochs": 0.0, **kw})
     return [lr_factor(s, total, settings, steps_per_epoch=total // 10) for s in range(total)]
 
 

@@ -219,6 +219,17 @@ def summarise_rounds(rounds_ms: list[list[float]], batch_size: int) -> dict[str,
             "round_spread_pct": 100.0 * (max(medians) - min(medians)) / median}
 
 
+def round_windows(repeats: int, rounds: int) -> list[int]:
+    """The timed iterations of each round: `repeats` split as evenly as it goes (earlier rounds take the rest).
+
+    Raises:
+        ValueError: fewer repeats than rounds (a round must time at least one iteration).
+    """
+    if not 1 <= rounds <= repeats:
+        raise ValueError(f"{repeats} timed iterations cannot fill {rounds} rounds (1 <= rounds <= repeats)")
+    return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+
+
 def round_order(keys: list[str], seed: int, round_index: int, salt: str = "") -> list[str]:
     """The order the contenders run in one round: `keys` shuffled by a generator seeded from (seed, salt, round),
     so every round's order is fixed by the recorded seed and a resumed run repeats it."""
@@ -309,17 +320,16 @@ class Contender:
         self.fn = None
 
 
-def interleave(contenders: dict[str, Contender], *, repeats: int, rounds: int, seed: int, salt: str = "",
+def interleave(contenders: dict[str, Contender], *, windows: list[int], seed: int, salt: str = "",
                start: int = 0, on_round: Callable[[int, dict[str, list[float]], list[str]], None] | None = None,
                on_fail: Callable[[str, BaseException], None] | None = None) -> None:
-    """Time the contenders in rounds: each round times every contender for one window of `repeats` iterations,
+    """Time the contenders in rounds: round r times every contender for one window of `windows[r]` iterations,
     back to back, in an order shuffled per round (`round_order`), so a slow spell of the machine lands on all of
     them alike and their per-round times pair.
 
     Args:
         contenders: key -> prepared contender (all of one setting); a failed one is removed by `on_fail`.
-        repeats: timed iterations per window.
-        rounds: total rounds.
+        windows: timed iterations of each round (`round_windows`); its length is the number of rounds.
         seed: the recorded seed of the round orders.
         salt: what else fixes the orders (the setting), so two settings do not share one order.
         start: the first round to run (rounds before it were measured by an earlier, interrupted run).
@@ -327,12 +337,12 @@ def interleave(contenders: dict[str, Contender], *, repeats: int, rounds: int, s
         on_fail: called with (key, exception) when a contender's window fails (it must drop that contender);
             None: the exception propagates.
     """
-    for r in range(start, rounds):
+    for r in range(start, len(windows)):
         order = round_order(sorted(contenders), seed, r, salt)
         times = {}
         for key in order:
             try:
-                times[key] = contenders[key].window(repeats)
+                times[key] = contenders[key].window(windows[r])
             except Exception as exc:
                 if on_fail is None:
                     raise

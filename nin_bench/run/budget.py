@@ -91,7 +91,7 @@ def _train_estimate(unit: Unit, ctx: RunContext, records: list[dict[str, Any]], 
 
 
 def _timing_estimate(unit: Unit, records: list[dict[str, Any]]) -> float | None:
-    """Sum over the unit's settings of (warm-up + rounds x repeats) x the median ms another variant recorded for
+    """Sum over the unit's settings of (warm-up + repeats) x the median ms another variant recorded for
     the same setting, for each variant the unit times, x TIMING_SAFETY; None when some setting has no such row
     (nothing to go on: the unit is started)."""
     t = unit.variant.config.timing
@@ -105,7 +105,7 @@ def _timing_estimate(unit: Unit, records: list[dict[str, Any]]) -> float | None:
         key = (s["mode"], s["dtype"], s["channels_last"], s["compile"], s["batch_size"])
         if key not in ms:
             return None
-        total += (t.warmup + t.rounds * t.repeats) * ms[key] / 1e3
+        total += (t.warmup + t.repeats) * ms[key] / 1e3
     return total * len(unit.variants) * TIMING_SAFETY
 
 

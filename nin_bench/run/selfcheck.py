@@ -156,7 +156,8 @@ def check_resume(device: torch.device, dataset: Any, workdir: Any, *, subset: in
     from nin_bench.train.loop import train_model
 
     settings = TrainSettings(epochs=2, batch_size=128, lr=0.05, subset=subset, val_size=val_size,
-                             schedule="onecycle", augment="crop", dtype="bf16", deterministic=True)
+                             schedule="onecycle", warmup_epochs=0.0, augment="crop", dtype="bf16",
+                             deterministic=True)
 
     def run(s: TrainSettings, ckpt: Any = None, stop_after: int | None = None) -> Any:
         class Stop(Exception):

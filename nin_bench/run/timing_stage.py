@@ -2,7 +2,8 @@
 
 For each setting (mode, batch, dtype, layout, compile) every variant gets its device copy, batch, compile and
 warm-up once (`measure.timing.Contender`); then `timing.rounds` rounds each time every variant for one window of
-`timing.repeats` iterations, in an order shuffled per round from `timing.round_seed`. Whatever the machine does
+`timing.repeats / timing.rounds` iterations, in an order shuffled per round from `timing.round_seed`. Whatever
+the machine does
 during the sweep lands on all variants of a round alike, so their per-round times pair (the report's ratio
 intervals). Each round is kept in the unit's checkpoint as soon as it is measured, so a kill or the run's deadline
 loses at most the round in flight; a finished setting's records are kept there too until the unit is recorded.
@@ -20,7 +21,7 @@ import torch
 
 from nin_bench.measure.ceilings import add_utilisation, roofline
 from nin_bench.measure.layer_timing import time_layers
-from nin_bench.measure.timing import Contender, Setting, interleave, summarise_rounds
+from nin_bench.measure.timing import Contender, Setting, interleave, round_windows, summarise_rounds
 from nin_bench.models.build import build_variant_model
 from nin_bench.run.unit import RunContext, base_record
 from nin_bench.runtime.compiled import no_eager_fallback, reset_compiled
@@ -158,7 +159,7 @@ def _time_setting(variants: list[Variant], models: dict[str, torch.nn.Module], s
             contenders.pop(vid).close()
             free_device_memory(device)
 
-        interleave(contenders, repeats=t.repeats, rounds=t.rounds, seed=t.round_seed, salt=key,
+        interleave(contenders, windows=round_windows(t.repeats, t.rounds), seed=t.round_seed, salt=key,
                    start=len(rounds), on_round=on_round, on_fail=on_fail)
     for vid, contender in contenders.items():
         rows[vid].update(**contender.info, repeats=t.repeats, round_seed=t.round_seed,
