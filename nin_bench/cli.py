@@ -1,7 +1,8 @@
 """Command line: parse arguments, call one library function, map user errors to exit code 2.
 
     python -m nin_bench run CONFIG [--out DIR] [--stages profile,timing] [--set k=v]... [--device auto|cpu|cuda]
-                                   [--quick] [--full] [--no-progress] [--executor local|ray] [--ray-address ADDR]
+                                   [--quick] [--full] [--no-progress] [--no-reuse] [--executor local|ray]
+                                   [--ray-address ADDR]
     python -m nin_bench list CONFIG [--set k=v]... [--quick] [--full] [--explain]
     python -m nin_bench inspect PRESET|CONFIG [--set k=v]... [--time [--batch N] [--dtype D] [--device D]
                                                               [--trace FILE]]
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: unit after unit in this process (default); ray: one Ray task per unit")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="train every unit here, even one another folder of the results root trained identically "
+                          "(default: copy it from there, with reused_from on its records)")
     run.add_argument("--ray-address", help="with --executor ray: 'auto', HOST:PORT (the head's GCS) or "
                                            "ray://HOST:PORT (Ray Client) joins a running cluster (default: start "
                                            "a local Ray instance on this machine)")
@@ -126,7 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, protocol, _, fallback = _resolved(args)
     out = args.out or ResultsDir.for_suite(cfg.name).root
     run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
-              ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation)
+              ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation,
+              reuse=not args.no_reuse)
     return 0
 
 
@@ -151,7 +156,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     told = explain(args.config, _sets(args), cuda=guess_cuda(), quick=args.quick, full=args.full,
                    seen_by=GUESSED_BY)
     cfg, variants = told.config, expand_grid(told.config)
-    print(f"{cfg.name}: {len(variants)} variants x seeds {list(cfg.seeds)}; stages {', '.join(cfg.stages)}; "
+    print(f"{cfg.name}: {len(variants)} variants x seeds {cfg.seeds_text()}; stages {', '.join(cfg.stages)}; "
           f"{told.protocol} protocol on {told.device} (device guessed without torch; `run` asks torch)")
     for v in variants:
         m, t = v.config.model, v.config.train

@@ -120,12 +120,43 @@ def what_was_run(run: Run) -> list[str]:
     items.append(f"**Versions:** {vers or fmt.NA}; git commit `{m.get('git_commit', '?')}`{dirty}.")
     for ds, src in (m.get("data") or {}).items():
         items.append(f"**Data {ds}:** {src.get('source', '?')}, sha256 `{src.get('sha256', '?')}`.")
-    items.append(f"**Date (UTC):** {m.get('date_utc', '?')}. **Seeds:** {c.get('seeds', '?')}.")
+    items.append(f"**Date (UTC):** {m.get('date_utc', '?')}. **Seeds:** {_seeds(c, m)}.")
+    reused = _reused(run.stage("train"))
+    if reused:
+        items.append(reused)
     if m.get("command"):
         items.append(f"**Command** (its last invocation on this folder): `{m['command']}`.")
     grid = "; ".join(f"`{k}` ∈ {v}" for k, v in (c.get("grid") or {}).items())
     items.append(f"**Grid:** {grid or fmt.NA}; {len(run.variants)} variants.")
     return items
+
+
+def _seeds(c: dict[str, Any], m: dict[str, Any]) -> str:
+    """The seeds: the list, or for `seeds: auto` its settings, how many it ran and why it stopped."""
+    seeds = c.get("seeds", "?")
+    if not (isinstance(seeds, dict) and "auto" in seeds):
+        return str(seeds)
+    a, done = seeds["auto"], m.get("seeds_auto") or {}
+    text = (f"auto, {a.get('min')} to {a.get('max')} per variant, added one at a time while a declared comparison "
+            f"({a.get('target')}) was unresolved (95 % CI excluding 0, or TOST equivalence)")
+    if not done:
+        return text
+    text += f"; ran {done.get('seeds')}, stopped: {done.get('stopped')}"
+    if done.get("unresolved"):
+        text += f" (unresolved: {'; '.join(done['unresolved'])})"
+    return text + ". The CIs below are not adjusted for this stopping rule"
+
+
+def _reused(train: pd.DataFrame) -> str:
+    """A line naming the training units copied from other folders (`reused_from`), or ""."""
+    if train.empty or "reused_from" not in train:
+        return ""
+    copied = train[train["reused_from"].notna()]
+    if copied.empty:
+        return ""
+    where = ", ".join(f"`{f}` ({n})" for f, n in copied["reused_from"].value_counts(sort=False).items())
+    return (f"**Reused:** {len(copied)} of {len(train)} training runs were trained identically (same model, data, "
+            f"protocol, device, threads and seed) in another folder and copied from it: {where}.")
 
 
 def _gpu_facts(m: dict[str, Any]) -> str:

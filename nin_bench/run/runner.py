@@ -6,7 +6,9 @@ checkpoint it supersedes is deleted, so a kill at any instant loses at most the 
 command resumes from its last epoch. Whether a folder is continued is read from its own files (`prepare_out_dir`:
 the resolved config and the manifest's device name), so committed results continue on the same kind of device;
 records made under another config, protocol or device are moved to `.cache/superseded-<time>/` and everything
-is measured afresh.
+is measured afresh. With `seeds: auto` the training seeds come in passes, one seed level at a time, each decided
+from the records alone (`auto_seeds`); a training unit another folder of the results root trained identically is
+copied from there, not trained again (`reuse`).
 """
 from __future__ import annotations
 
@@ -22,11 +24,20 @@ from tqdm.auto import tqdm
 from nin_bench.measure.ceilings import Ceilings, measure_ceilings
 from nin_bench.measure.conv_ceiling import ConvShape, conv_shapes
 from nin_bench.models.build import build_variant_model
+from nin_bench.run.auto_seeds import outcome as auto_outcome
+from nin_bench.run.auto_seeds import seed_level
 from nin_bench.run.budget import Budget, Tally, fits
 from nin_bench.run.manifest import build_manifest, device_name
+from nin_bench.run.reuse import reuse_units
 from nin_bench.run.stages import run_unit
 from nin_bench.run.timing_stage import group_id
-from nin_bench.run.unit import DeadlineReached, RunContext, Unit, UnitResult, unit_records
+from nin_bench.run.unit import (
+    DeadlineReached,
+    RunContext,
+    Unit,
+    UnitResult,
+    unit_records,
+)
 from nin_bench.runtime.device import configure_process
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import (
@@ -70,7 +81,8 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device_name: str, log: Log) -> None
     log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
 
 
-def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str = "variant") -> list[Unit]:
+def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str = "variant",
+         seeds: list[int] | None = None) -> list[Unit]:
     """Every unit of the suite not yet recorded.
 
     Args:
@@ -80,6 +92,7 @@ def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str
         order: "variant" (variant by variant, stages in order: the default) or "seed" (every non-training unit
             first, then training seed-major: seed 0 of every variant before seed 1, so a run cut short by a
             budget still holds one complete seed of the whole grid).
+        seeds: the training seeds (None: the config's `train_seeds()`; `seeds: auto` passes its current level).
 
     The timing of every variant not yet timed is one unit per group of variants sharing their timing settings
     (`timing_groups`), placed where the group's first variant would time: its variants are measured side by side.
@@ -91,11 +104,11 @@ def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str
             if stage == "timing":
                 units += [Unit(v, "timing", None, groups[v.id])] if v.id in groups else []
                 continue
-            seeds = v.config.seeds if stage == "train" else [None]
-            units += [Unit(v, stage, s) for s in seeds if (v.id, stage, s) not in done]
+            wanted = (seeds if seeds is not None else v.config.train_seeds()) if stage == "train" else [None]
+            units += [Unit(v, stage, s) for s in wanted if (v.id, stage, s) not in done]
     if order == "seed":
-        seeds = {s: i for i, s in enumerate(dict.fromkeys(u.seed for u in units if u.stage == "train"))}
-        units.sort(key=lambda u: -1 if u.stage != "train" else seeds[u.seed])  # stable: grid order kept within
+        rank = {s: i for i, s in enumerate(dict.fromkeys(u.seed for u in units if u.stage == "train"))}
+        units.sort(key=lambda u: -1 if u.stage != "train" else rank[u.seed])  # stable: grid order kept within
     elif order != "variant":
         raise ValueError(f"plan order {order!r}; expected 'variant' or 'seed'")
     return units
@@ -199,7 +212,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
               deadline: float | None = None, command: str | None = None,
               ceilings: Ceilings | None = None, order: str = "variant", pack: int = 1,
               budget: Budget | None = None, tally: Tally | None = None,
-              manifest_extra: dict[str, Any] | None = None) -> Path:
+              manifest_extra: dict[str, Any] | None = None, reuse: bool = False) -> Path:
     """Run every unrecorded (variant, stage[, seed]) of a resolved suite, then write summary and report.
 
     Args:
@@ -217,12 +230,17 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         command: the command line that started this run, kept in the manifest (and the report) as `command`.
         ceilings: the device's peaks and bandwidth when already known (tests pass fixed ones); None: measured
             once here, before the first timing unit, and handed to every unit.
-        order: "variant" or "seed" (training seed-major; see `plan`).
+        order: "variant" or "seed" (training seed-major; see `plan`); `seeds: auto` always runs seed-major and
+            adds seeds while a declared comparison is unresolved (`auto_seeds`; why it stopped goes to the
+            manifest's `seeds_auto`).
         pack: with executor "pool", how many training units run at once.
         budget: the deadline with what estimates need (`budget.Budget`); a unit whose estimate exceeds the time
             left is skipped with one line (None: `deadline` alone, checked between units, settings and epochs).
         tally: filled with units done, skipped for the budget and left (the GPU session's summary line).
         manifest_extra: more manifest keys (the GPU session's step name and packing).
+        reuse: copy a training unit another folder of the same results root trained identically
+            (`reuse.reuse_units`, with `reused_from` on its records) instead of training it again. Off unless
+            asked for (`run` asks unless --no-reuse): a library caller's folders may sit beside unrelated ones.
 
     Returns:
         The path of the written report.
@@ -250,11 +268,18 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         variants = expand_grid(cfg)
         records = rd.read_records()
         done = completed(records)
-        units = plan(variants, cfg, done, order)
+        auto = cfg.auto_seeds is not None and "train" in cfg.stages
+        order = "seed" if auto else order  # seeds: auto adds seeds of every variant at once: seed-major
+        seeds = list(range(seed_level(records, variants, cfg))) if auto else None
+        units = plan(variants, cfg, done, order, seeds)
         remove_stale_checkpoints(rd, done, units)
         log(f"{cfg.name}: {len(variants)} variants, {len(units)} units to run ({protocol} protocol on "
             f"{ctx.device_name}, {threads} threads, {executor} executor) -> {rd.root}")
+        if auto:
+            log(f"seeds: {cfg.seeds_text()}; seeds 0-{len(seeds) - 1} wanted now")
         if not units and rd.manifest.exists():  # nothing to measure: the folder's files stay as they were made
+            if auto:
+                note_seeds_auto(rd, auto_outcome(records, variants, cfg, len(seeds), cut=False))
             return finish(rd, log)
         write_run_files(rd, cfg, manifest, protocol)
         preload_data(variants, cfg, ctx)
@@ -268,13 +293,29 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             if deadline is not None:  # a budgeted run says what each unit left behind, one line each
                 log(f"done {unit.label}: " + unit_outcome(result))
 
+        def take_reused(pending: list[Unit]) -> list[Unit]:
+            if not reuse:
+                return pending
+            got, rest = reuse_units(pending, ctx, threads, log)
+            for unit, result in got:
+                finished(unit, result)
+            return rest
+
+        def next_level(attempted: set[tuple]) -> list[Unit]:
+            level = seed_level(records, variants, cfg, attempted)
+            return plan(variants, cfg, completed(records) | attempted, "seed", list(range(level)))
+
         bar = tqdm(total=len(units), desc=cfg.name, unit="unit", disable=not progress, dynamic_ncols=True)
         admit = budget_gate(ctx, records, budget, tally, log) if deadline is not None else (lambda _u: True)
+        attempted: set[tuple] = set()
+        done0, skipped0, cut = tally.done, tally.skipped_budget, False
         try:
-            run_units(units, ctx, records, finished, bar, admit, executor=executor, pack=pack, threads=threads,
-                      ray_address=ray_address, log=log)
+            run_passes(units, attempted, next_level if auto else None, take_reused, bar, tally,
+                       lambda pending: run_units(pending, ctx, records, finished, bar, admit, executor=executor,
+                                                 pack=pack, threads=threads, ray_address=ray_address, log=log))
         except DeadlineReached:
-            tally.left = len(units) - bar.n - tally.skipped_budget
+            cut = True
+            tally.left = bar.total - (tally.done - done0) - (tally.skipped_budget - skipped0)
             log(f"time budget reached with {tally.left} units left; run the same command again to continue")
         finally:
             bar.close()
@@ -282,8 +323,46 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
                         ceilings_measured_s=round(ctx.ceilings.measured_s, 2),
                         ceilings=ceilings_from(ctx.ceilings, records),
                         data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
+        if auto:
+            cut = cut or tally.skipped_budget > skipped0
+            level = seed_level(records, variants, cfg, attempted)
+            manifest["seeds_auto"] = auto_outcome(records, variants, cfg, level, cut=cut)
+            log(f"seeds: auto stopped at {level} seeds: {manifest['seeds_auto']['stopped']}")
         write_run_files(rd, cfg, manifest, protocol)
         return finish(rd, log)
+
+
+def run_passes(units: list[Unit], attempted: set[tuple], more: Callable[[set[tuple]], list[Unit]] | None,
+               take_reused: Callable[[list[Unit]], list[Unit]], bar: tqdm, tally: Tally,
+               run: Callable[[list[Unit]], None]) -> None:
+    """Run the planned units and, with `seeds: auto` (`more`), each next seed level's units, until none is left.
+
+    Args:
+        units: the first pass.
+        attempted: filled with the keys of every unit tried (one per variant it measures).
+        more: the units of the next pass given `attempted` (`seed_level`, then `plan`), or None: one pass.
+        take_reused: records the units another folder already trained (`reuse.reuse_units`) and returns the rest.
+        bar: the progress bar (its total grows with each pass).
+        tally: a unit skipped for the budget ends the passes (no further seed is started).
+        run: runs a list of units on the chosen executor.
+    """
+    skipped = tally.skipped_budget
+    while units:
+        pending = take_reused(units)
+        run(pending)
+        attempted |= {(v.id, u.stage, u.seed) for u in units for v in u.variants}
+        if more is None or tally.skipped_budget > skipped:
+            return
+        units = more(attempted)
+        bar.total += len(units)
+        bar.refresh()
+
+
+def note_seeds_auto(rd: ResultsDir, outcome: dict[str, Any]) -> None:
+    """Put `seeds_auto` into the folder's manifest when it says otherwise (a run killed before its last write)."""
+    manifest = rd.read_manifest()
+    if manifest and manifest.get("seeds_auto") != outcome:
+        rd.write(rd.manifest, json.dumps({**manifest, "seeds_auto": outcome}, indent=2) + "\n")
 
 
 def unit_outcome(result: UnitResult) -> str:

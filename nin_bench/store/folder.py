@@ -341,11 +341,9 @@ class ResultsDir:
         self.cache.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _flock_soon(fd, fcntl.LOCK_EX):
                 raise FolderBusy(f"{self.root} is in use by {_holder(self.lock_file)}; wait for it to finish, "
-                                 "or give this command another --out folder") from None
+                                 "or give this command another --out folder")
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                       "since_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
             os.ftruncate(fd, 0)
@@ -354,6 +352,49 @@ class ResultsDir:
             yield self
         finally:
             os.close(fd)  # closing the descriptor releases the flock
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[bool]:
+        """Hold a shared lock on the folder while another run reads it (`run.reuse`); yields False, holding
+        nothing, when a writer holds the folder (a run or `report` mid-write: do not read it now).
+
+        The shared lock keeps a writer from starting while the reader reads config, manifest, records and files
+        as one consistent state; it lasts milliseconds, and a writer's `lock` waits that long for it. A folder
+        whose lock file cannot be created (read-only) has no writer either: it is read as it is.
+        """
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield True
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+
+# How long `lock` waits for a folder's lock before it refuses: a reader (`ResultsDir.reading`) holds a shared
+# lock for milliseconds; a writer holds it for its whole run.
+LOCK_WAIT_S = 1.0
+
+
+def _flock_soon(fd: int, kind: int, wait_s: float = LOCK_WAIT_S) -> bool:
+    """Take a flock of `kind` without blocking, retrying for up to `wait_s` (a reader's moment); False if held."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def _holder(lock_file: Path, wait_s: float = 2.0) -> str:

@@ -34,6 +34,7 @@ REST_LAYER = "rest"
 LAYER_KINDS = ("conv_kxk", "conv_1x1", "batchnorm", "relu", "maxpool", "avgpool", "dropout", "gap", "flatten",
                "linear", REST_LAYER)
 
+# `reused_from` (train_epoch, train): the results folder a copied training unit was trained in (`run.reuse`).
 # The measured keys of each kind (besides SHARED_COLUMNS), as the README's table lists them; `<x>` stands for a
 # family of keys (a block name, a percentage).
 KEYS: dict[str, tuple[str, ...]] = {
@@ -54,12 +55,13 @@ KEYS: dict[str, tuple[str, ...]] = {
         "mem_gb_per_s", "timing_fwd_ms", "e2e_fwd_ms", "e2e_train_fwd_ms", "e2e_train_step_ms", "idle_fwd_ms",
         "idle_train_step_ms", "note", "error_kind"),
     "train_epoch": ("seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "train_eval_loss",
-                    "train_eval_acc", "lr", "epoch_time_s", "img_per_s"),
+                    "train_eval_acc", "lr", "epoch_time_s", "img_per_s", "reused_from"),
     "train": ("seed", "test_acc", "test_loss", "best_val_acc", "train_time_s", "time_to_acc_<pct>_s",
               "loop_img_per_s", "timing_train_img_per_s", "loop_efficiency", "diverged_epoch", "warmup_s",
               "compile_s", "compiled_graphs", "graph_breaks", "late_graphs", "grad_scaler", "cudnn_benchmark",
               "deterministic", "bit_reproducible", "data_source", "data_sha256", "maps_file", "preds_file", "augment",
-              "batch_size", "compile", "dtype", "epochs", "train_size", "val_size", "test_size", "train_eval_size"),
+              "batch_size", "compile", "dtype", "epochs", "train_size", "val_size", "test_size", "train_eval_size",
+              "reused_from"),
 }
 
 

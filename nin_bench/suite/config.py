@@ -201,6 +201,36 @@ class ReportSettings(_Section):
     equivalence_margin_pp: float = Field(1.0, gt=0)
 
 
+class AutoSeeds(_Section):
+    """`seeds: {auto: ...}`: train seeds 0..min-1 of every variant seed-major, then one more seed of every variant
+    at a time while a declared comparison is unresolved, up to `max` seeds (`nin_bench.run.auto_seeds`).
+
+    target: which comparisons must be resolved: "baseline" (every variant against its data set's
+    `report.baseline`; resolved when the paired 95 % CI excludes 0 or TOST shows equivalence within
+    `report.equivalence_margin_pp`) or "pairs" (every pair of variants within a data set, as the report's
+    pairwise table calls them: Holm-adjusted p < 0.05, or TOST equivalence).
+    """
+
+    min: int = Field(3, ge=2)  # two paired seeds are the fewest that give a CI
+    max: int = Field(8, ge=2, le=1000)
+    target: Literal["baseline", "pairs"] = "baseline"
+
+    @model_validator(mode="after")
+    def _order(self) -> AutoSeeds:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class SeedsAuto(_Section):
+    """The mapping form of `seeds: auto` (see `AutoSeeds`)."""
+
+    auto: AutoSeeds = AutoSeeds()
+
+
+_SEEDS_SHAPES = "a non-empty list of distinct non-negative integers, e.g. [0, 1, 2], or auto / {auto: {min: 3, max: 8, target: baseline|pairs}}"
+
+
 class SuiteConfig(_Section):
     """One ablation suite: base settings, a grid over dotted keys and/or an explicit variants list (at least one of
     them), seeds, stages, protocol overrides."""
@@ -208,7 +238,7 @@ class SuiteConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     protocols: list[str] = []  # protocol files merged under this suite, in order (see `with_protocols`)
-    seeds: list[int] = [0]
+    seeds: list[int] | SeedsAuto = [0]  # a list, or auto (see `AutoSeeds`)
     stages: list[str] = list(STAGES)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch's intra-op threads for the whole run (timing and training); None: all cores
@@ -226,12 +256,48 @@ class SuiteConfig(_Section):
     quick: dict[str, Any] = {}  # dotted overrides for --quick, on top of the built-in smoke settings
     protocol_notes: dict[Literal["cpu", "gpu", "full", "quick"], str] = {}  # why a protocol is what it is (report)
 
-    @field_validator("seeds")
+    @field_validator("seeds", mode="before")
     @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
-            raise ValueError(f"seeds must be a non-empty list of distinct non-negative integers, got {v}")
+    def _seeds(cls, v: Any) -> Any:
+        """Route the two shapes by hand, so a mistake gets one line naming the key, not a union's two errors."""
+        if v == "auto":
+            v = {"auto": {}}
+        if isinstance(v, SeedsAuto):
+            return v
+        if isinstance(v, dict):
+            try:
+                return SeedsAuto.model_validate(v)
+            except ValidationError as err:
+                e = err.errors()[0]
+                where = ".".join(str(p) for p in e["loc"])
+                if e["type"] == "extra_forbidden":
+                    raise ValueError(f"unknown key {where!r}; allowed here: "
+                                     f"{', '.join(SeedsAuto.model_fields if '.' not in where else AutoSeeds.model_fields)}"
+                                     ) from None
+                got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+                raise ValueError(f"{where}: {e['msg'].removeprefix('Value error, ')}{got}") from None
+        ok = (isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)
+              and len(set(v)) == len(v))
+        if not ok:
+            raise ValueError(f"seeds must be {_SEEDS_SHAPES}")
         return v
+
+    @property
+    def auto_seeds(self) -> AutoSeeds | None:
+        """The `seeds: auto` settings, or None for an explicit list."""
+        return self.seeds.auto if isinstance(self.seeds, SeedsAuto) else None
+
+    def train_seeds(self) -> list[int]:
+        """The seeds every variant trains for sure: the explicit list, or with `seeds: auto` 0..min-1."""
+        auto = self.auto_seeds
+        return list(range(auto.min)) if auto else list(self.seeds)
+
+    def seeds_text(self) -> str:
+        """"[0, 1, 2]", or "auto (3 to 8 seeds while a baseline comparison is unresolved)"."""
+        a = self.auto_seeds
+        if a is None:
+            return str(list(self.seeds))
+        return f"auto ({a.min} to {a.max} seeds while a {a.target} comparison is unresolved)"
 
     @field_validator("stages")
     @classmethod
@@ -447,7 +513,7 @@ def _last_word(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def quick_shrink(cfg: SuiteConfig) -> dict[str, Any]:
     """--quick's smoke settings for `cfg`: each size the smaller of `QUICK_DEFAULTS` and cfg's own (a subset of
     None, all images, takes the default), so --quick never turns a valid suite invalid; the timing sweep keeps
-    its smallest and its reference batch size, and one seed.
+    its smallest and its reference batch size, and one seed (`seeds: auto` becomes [0]).
 
     Returns:
         dotted key -> value, to apply over `cfg` (then the suite's `quick:` block, then --set).
@@ -464,7 +530,7 @@ def quick_shrink(cfg: SuiteConfig) -> dict[str, Any]:
     for key in ("compile_batch_sizes", "layer_timing_batch_sizes"):  # they must stay among the batch sizes
         if getattr(t, key) is not None:
             shrink[f"timing.{key}"] = [b for b in getattr(t, key) if b in sizes] or None
-    shrink["seeds"] = cfg.seeds[:1]
+    shrink["seeds"] = cfg.train_seeds()[:1]  # seeds: auto too becomes its first seed, [0]
     return shrink
 
 
