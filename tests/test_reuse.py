@@ -17,8 +17,8 @@ from nin_bench.store.folder import ResultsDir
 from nin_bench.store.schema import key_allowed
 from nin_bench.suite.config import resolve_protocol, validate
 
-A = {**RAW, "name": "a", "seeds": [0, 1], "grid": {"model.n_1x1": [0, 1]}}
-# another suite sharing the n_1x1 = 1 arm; its grid names train.lr (the same value), so its variant ids differ
+A = {**RAW, "name": "a", "seeds": [0, 1], "grid": {"model.n_1x1": [0, 1]}, "train": {**RAW["train"], "lr": 0.1}}
+# another suite sharing the n_1x1 = 1 arm; its grid names train.lr (A's value), so its variant ids differ
 B = {**RAW, "name": "b", "seeds": [0, 1], "grid": {"model.n_1x1": [1, 2], "train.lr": [0.1]}}
 
 
@@ -85,7 +85,7 @@ def test_a_real_run_is_copied_with_its_maps_file(fashion, no_report, tmp_path, m
     small = dataclasses.replace(fashion, train_x=fashion.train_x[:800], train_y=fashion.train_y[:800],
                                 test_x=fashion.test_x[:200], test_y=fashion.test_y[:200])
     monkeypatch.setattr(unit_mod, "load_dataset", lambda *a, **k: small)
-    one = {"seeds": [0], "train": {**RAW["train"], "batch_size": 100}}
+    one = {"seeds": [0], "train": {**A["train"], "batch_size": 100}}
     _run({**A, **one, "grid": {"model.n_1x1": [0]}}, tmp_path / "a", reuse=True)
     called = []
     monkeypatch.setattr("nin_bench.run.stages.run_train", lambda *a: called.append(a))
@@ -94,7 +94,7 @@ def test_a_real_run_is_copied_with_its_maps_file(fashion, no_report, tmp_path, m
     theirs, ours = _finals(tmp_path / "a")[(0, 0)], _finals(tmp_path / "b")[(0, 0)]
     assert ours["maps_file"] == "maps/nin_cifar-n1x1_0-gap-do0-fashion_mnist-w0.125-lr0.1-seed0.npz"
     assert (tmp_path / "b" / ours["maps_file"]).read_bytes() == (tmp_path / "a" / theirs["maps_file"]).read_bytes()
-    same = {k for k in theirs if k not in ("variant", "maps_file")}
+    same = {k for k in theirs if k not in ("variant", "maps_file", "preds_file")}
     assert {k: ours[k] for k in same} == {k: theirs[k] for k in same} and ours["reused_from"] == "a"
     records = ResultsDir(tmp_path / "b").read_records()
     # every key in the schema, but `lr`: B's grid key, a column of every record of B (README)
