@@ -75,9 +75,9 @@ def answer_figures(run: Run, table: pd.DataFrame, cmp: pd.DataFrame, enc: Encodi
     """
     rows = effects.forest_rows(cmp, table)
     pairs = cmp[cmp["kind"] == "pair"].groupby("dataset").size() if len(cmp) else pd.Series(dtype=int)
-    m = ", ".join(f"{n} on {ds}" for ds, n in pairs.items()) if len(pairs) > 1 else str(pairs.sum())
+    m = ", ".join(f"{n} on {ds}" for ds, n in pairs.items()) if len(pairs) > 1 else f"{pairs.sum()} pairs"
     figs = [_figure("accuracy_forest", effects.forest_figure(rows, out), (
-        "**Main accuracy figure.** Each variant's test accuracy minus its data set's baseline's, paired by seed: "
+        "Main accuracy figure: each variant's test accuracy minus its data set's baseline's, paired by seed: "
         "the point is the mean per-seed difference, the bar its 95 % t-interval (unadjusted), both written at "
         "the right in pp (the numbers of comparisons.csv). Filled dark blue: resolved after Holm's adjustment "
         f"over the data set's pairwise comparisons ({m}); open grey: not resolved, which a bar clear of zero can "
@@ -95,11 +95,12 @@ def answer_figures(run: Run, table: pd.DataFrame, cmp: pd.DataFrame, enc: Encodi
                                 "interaction can be estimated")
         ref = ", ".join(f"{a} = {lv}" for a, lv in design[2].items())
         figs.append(_figure(f"interaction_{ds}", result, (
-            f"Interactions on {ds}. Left: each cell's test accuracy minus the reference cell's ({ref}), paired by "
+            f"Interactions on {ds}. Upper panels, one per pair of factors: each cell's test accuracy minus the "
+            f"reference cell's ({ref}), paired by "
             "seed and averaged over any other factor, with 95 % t-intervals; the reference cell sits at 0. "
             "Parallel lines: no interaction; the panel title gives the interaction (the difference of "
             "differences) with its CI. The right axis reads the same points as test accuracy (a zoomed "
-            "relabelling: compare on the left, difference, axis). Last panel: every main effect and interaction "
+            "relabelling: compare on the left, difference, axis). Lower panel: every main effect and interaction "
             "of the factorial analysis, as in its table (filled: p < 0.05, per contrast, unadjusted).")))
     return [f for f in figs if f is not None]
 
@@ -179,8 +180,8 @@ def other_figures(run: Run, table: pd.DataFrame, enc: Encoding, labels: dict[str
     bases = baselines(run.summary, run.config)
     figs = [_figure("accuracy_vs_cost", plots.accuracy_vs_cost(table, enc, out), (
         "Test accuracy (%) vs parameters and vs MACs per image (log x). Error bars: 95 % t-interval over seeds "
-        "(unpaired; the paired differences are in the forest plot); dashed step line: Pareto frontier (no other "
-        f"variant is both cheaper and more accurate). {styles} " + HONEST_AXES))]
+        "(unpaired; the paired differences are in the forest plot); dashed step line and open grey circles: Pareto "
+        f"frontier (no other variant is both cheaper and more accurate). {styles} " + HONEST_AXES))]
     tp = plots.throughput_vs_batch(run.stage("timing"), enc, out)
     if tp is not None:
         left = f" Not drawn: {'; '.join(tp[1])} (at most {plots.MAX_SETTING_ROWS} rows)." if tp[1] else ""

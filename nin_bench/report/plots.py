@@ -111,7 +111,8 @@ def accuracy_vs_cost(table: pd.DataFrame, enc: Encoding, out: ResultsDir) -> Pat
             axes[i, j].set_xscale("log")
             _scatter_front(axes[i, j], d, col, enc)
             axes[i, j].set(xlabel=xlabel, ylabel="Test accuracy (%)", title=f"{ds}", ylim=(0, 100))
-    handles = [*enc.handles(points=True), [plt.Line2D([], [], ls="--", color="grey", label="Pareto frontier")]]
+    handles = [*enc.handles(points=True), [plt.Line2D([], [], ls="--", color="grey", marker="o", ms=10,
+                                                              fillstyle="none", label="Pareto frontier")]]
     fig.tight_layout()
     legend_below(fig, handles)
     return save(fig, out, "accuracy_vs_cost")
@@ -130,6 +131,7 @@ def _scatter_front(ax: plt.Axes, d: pd.DataFrame, col: str, enc: Encoding) -> No
     front = pareto_front(x, y)
     if len(front):
         ax.plot(x[front], y[front], ls="--", color="grey", drawstyle="steps-post", zorder=0)
+        ax.scatter(x[front], y[front], s=200, facecolors="none", edgecolors="grey", zorder=0)
     _ticks_at(ax, np.unique(x), fmt.params if col == "params" else fmt.macs)
     ax.margins(x=0.08)
 
