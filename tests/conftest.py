@@ -22,7 +22,7 @@ def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     boxes) is most of a report's cost; tests/test_report.py draws every figure of a full run and checks each."""
     import matplotlib.pyplot as plt
 
-    from nin_bench.report import layers, maps, plots
+    from nin_bench.report import curves, effects, layers, maps, plots
 
     def stand_in(fig, out, name):
         plt.close(fig)
@@ -31,7 +31,7 @@ def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
         out.write(png, _PIXEL_PNG)
         return png
 
-    for module in (plots, layers, maps):
+    for module in (plots, layers, maps, curves, effects):
         monkeypatch.setattr(module, "save", stand_in)
 
 

@@ -23,8 +23,8 @@ ACC = {
 PARAMS = {0: 700_000, 1: 850_000, 2: 966_986}
 MACS = {0: 150_000_000, 1: 190_000_000, 2: 222_486_528}
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FIGURES = ["accuracy_vs_cost", "throughput_vs_batch", "learning_curves", "size_by_block", "gap_maps_cifar10",
-           "gap_maps_fashion_mnist", "layer_time_vs_macs", "roofline"]
+FIGURES = ["accuracy_forest", "accuracy_vs_cost", "throughput_vs_batch", "learning_curves", "size_by_block",
+           "gap_maps_cifar10", "gap_maps_fashion_mnist", "layer_time_vs_macs", "roofline"]
 
 
 def vid(ds: str, n: int) -> str:
@@ -230,3 +230,56 @@ def write_preds(root: Path, variant: str, seed: int, correct: np.ndarray) -> str
     (root / "preds").mkdir(parents=True, exist_ok=True)
     np.savez(root / rel, pred=pred, label=label)
     return rel
+
+
+# ---- a 16-variant grid (n_1x1 0..3 x head x dropout, CIFAR-10) with every stage and `train_eval_acc`, for the
+# report's figures as the grid grows (tests/test_figures.py) ----------------------------------------------------
+GRID16 = {"model.n_1x1": [0, 1, 2, 3], "model.head": ["gap", "fc"], "model.dropout": [0.5, 0.0]}
+GRID16_BASELINE = {"model.n_1x1": 2, "model.head": "gap", "model.dropout": 0.5}
+
+
+def grid16_vid(n: int, head: str, dropout: float) -> str:
+    """The variant id of a cell of the 16-variant grid."""
+    return f"nin_cifar-n1x1_{n}-{head}-do{dropout:g}-cifar10"
+
+
+def grid16_acc(n: int, head: str, dropout: float, seed: int) -> float:
+    """Test accuracy of a cell and seed: +2 pp per 1x1 conv, GAP +3 pp, dropout +1 pp, FC with dropout -2 pp more
+    (an interaction), and a seed effect shared by every cell (what pairing removes)."""
+    fc_do = head == "fc" and dropout > 0
+    return 0.60 + 0.02 * n + (0.03 if head == "gap" else 0) + (0.01 if dropout else 0) - (0.02 if fc_do else 0) \
+        + 0.004 * (seed - 1) * (1 + n % 2)
+
+
+def grid16_records() -> list[dict]:
+    """Profile, timing (no rounds), layer timing, train and train_epoch (with `train_eval_acc`) records of the
+    16 cells, three seeds, four epochs."""
+    out = []
+    for n in GRID16["model.n_1x1"]:
+        for head in GRID16["model.head"]:
+            for dropout in GRID16["model.dropout"]:
+                tag = {"variant": grid16_vid(n, head, dropout), "head": head, "dropout": dropout}
+                p, m = 700_000 + 130_000 * n + (2_100_000 if head == "fc" else 0), 150_000_000 + 25_000_000 * n
+                prof = common("cifar10", n, "profile") | {"params": p, "params_trainable": p, "macs": m,
+                                                          "flops_fwd": 2 * m, "flops_fwd_bwd": 6 * m}
+                for g, frac in (("block1", 0.3), ("block2", 0.5), ("block3", 0.2)):
+                    prof[f"params_{g}"], prof[f"macs_{g}"] = p * frac, m * frac
+                out.append(prof | tag)
+                out += [r | tag for r in timing_recs("cifar10", n, rounds=False) + layer_recs("cifar10", n)]
+                gap = 0.10 if dropout == 0 else 0.04
+                for seed in SEEDS:
+                    acc = grid16_acc(n, head, dropout, seed)
+                    for ep in range(1, 5):
+                        val = acc - 0.08 / ep
+                        out.append(common("cifar10", n, "train_epoch") | tag | {
+                            "seed": seed, "epoch": ep, "val_acc": val, "train_eval_acc": val + gap * ep / 4,
+                            "train_loss": 1.5 / ep})
+                    out.append(common("cifar10", n, "train") | tag | {
+                        "seed": seed, "epochs": 4, "batch_size": 128, "test_acc": acc, "train_time_s": 100.0})
+    return out
+
+
+def make_grid16_run(root: Path) -> Path:
+    """A results folder of the 16-variant grid (baseline: n_1x1=2, GAP, dropout 0.5)."""
+    return write_run(root, grid16_records(), {"grid": GRID16, "stages": ["profile", "timing", "train"],
+                                              "report": {"baseline": GRID16_BASELINE}})

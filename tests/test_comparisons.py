@@ -32,7 +32,7 @@ T975_DF2 = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))  # Student's t quantile, 2 
 @pytest.fixture
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Text and tables only."""
-    monkeypatch.setattr("nin_bench.report.render._figures", lambda *args: None)
+    monkeypatch.setattr("nin_bench.report.render._figures", lambda *args: {})
 
 
 def hand_ci(d: list[float]) -> tuple[float, float, float]:

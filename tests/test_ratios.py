@@ -80,7 +80,7 @@ def expected_speed(ref_ms: list[float], other_ms: list[float]) -> tuple[float, f
 @pytest.fixture
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip drawing: these tests are about text and tables (figures are tested in test_report)."""
-    monkeypatch.setattr("nin_bench.report.render._figures", lambda *args: None)
+    monkeypatch.setattr("nin_bench.report.render._figures", lambda *args: {})
     for name in ("share_figure", "roofline_figure"):
         monkeypatch.setattr(f"nin_bench.report.layers.{name}", lambda *args: None)
 

@@ -96,6 +96,8 @@ def test_every_figure_written_and_non_trivial(full_run: Path) -> None:
     assert md.count("\n*") >= len(FIGURES)  # a caption line under every figure
     html = (full_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(FIGURES) and 'src="figures/' not in html
+    # records from before `train_eval_acc`: the train-vs-validation figure is not drawn, and the report says why
+    assert "**Not drawn:** `train_vs_val` (the epoch records predate `train_eval_acc`" in md
 
 
 def test_profile_only_run_says_training_has_not_run(tmp_path: Path) -> None:
@@ -109,6 +111,15 @@ def test_profile_only_run_says_training_has_not_run(tmp_path: Path) -> None:
     assert pd.read_csv(root / "tables.csv")["test_acc_mean"].isna().all()
 
 
+<<<<<<< ours
+=======
+@pytest.fixture
+def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip drawing in tests about text and tables only (figures are tested on the full run)."""
+    monkeypatch.setattr("nin_bench.report.render._figures", lambda *args: {})
+
+
+>>>>>>> theirs
 def test_failed_and_diverged_variants_are_listed(tmp_path: Path, no_figures: None) -> None:
     recs = full_records()
     for r in recs:

@@ -11,22 +11,23 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from nin_bench.report import fmt  # noqa: E402
-from nin_bench.report.plots import save  # noqa: E402
-from nin_bench.report.ratios import Ratio, TimingIndex, ratio_text  # noqa: E402
-from nin_bench.store.folder import ResultsDir  # noqa: E402
-from nin_bench.store.schema import LAYER_KINDS, LAYER_SETTING_KEYS  # noqa: E402
+from nin_bench.report import fmt
+from nin_bench.report.plots import height, save
+from nin_bench.report.ratios import Ratio, TimingIndex, ratio_text
+from nin_bench.store.folder import ResultsDir
+from nin_bench.store.schema import LAYER_KINDS, LAYER_SETTING_KEYS
 
 SETTING = list(LAYER_SETTING_KEYS)
 KINDS = list(LAYER_KINDS)  # in the order a reader meets them in a block
 KIND_LABEL = {"conv_kxk": "k×k conv", "conv_1x1": "1×1 conv", "batchnorm": "BatchNorm", "relu": "ReLU",
               "maxpool": "max pool", "avgpool": "avg pool", "dropout": "dropout", "gap": "GAP", "flatten": "flatten",
               "linear": "linear", "rest": "rest (outside layers)"}
+SHARE_COLOURS = ["#999999", "#d95f02", "#1b9e77"]
 MEASURES = {"macs_share": "share of MACs", "fwd_share": "share of forward time",
             "step_share": "share of train-step time"}
 
@@ -56,46 +57,83 @@ def shares(rows: pd.DataFrame, by: str) -> pd.DataFrame:
                     step_share=100 * g["step_ms"] / totals["step_ms"])
 
 
-def share_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
+def share_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir,
+                 keys: list[str] | None = None) -> Path | None:
     """Share of MACs vs share of forward and train-step time, per layer kind and per block, a row per variant.
 
     Args:
         rows: `reference_rows` of the "layer_timing" records.
         labels: variant id -> label.
         out: the results folder.
+        keys: the variants drawn (`encoding.key_variants`: the baseline and the extremes); None: every variant.
+            The rest are in `share_table`.
 
     Returns:
         PNG path, or None without layer rows.
     """
     if rows.empty:
         return None
-    variants = list(dict.fromkeys(rows["variant"]))
+    variants = [v for v in dict.fromkeys(rows["variant"]) if keys is None or v in keys] or \
+        list(dict.fromkeys(rows["variant"]))
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(len(variants), 2, figsize=(12, 2.6 + 1.9 * len(variants)), squeeze=False)
+        fig, axes = plt.subplots(len(variants), 2, figsize=(12, height(1.0 + 1.9 * len(variants))), squeeze=False,
+                                 sharex="col")  # one scale per column: the rows compare
     for i, v in enumerate(variants):
         for j, by in enumerate(("kind", "block")):
-            s = shares(rows[rows["variant"] == v], by)
-            order = [k for k in KINDS if k in set(s[by])] if by == "kind" else list(dict.fromkeys(s[by]))
-            long = s.melt(id_vars=[by], value_vars=list(MEASURES), var_name="measure", value_name="percent")
-            long["measure"] = long["measure"].map(MEASURES)
-            long[by] = long[by].map(lambda k: KIND_LABEL.get(k, k))
-            sns.barplot(long, y=by, x="percent", hue="measure", order=[KIND_LABEL.get(k, k) for k in order],
-                        palette=["#999999", "#d95f02", "#1b9e77"], ax=axes[i, j], legend=(i == 0 and j == 1))
+            s = shares(rows[rows["variant"] == v], by).set_index(by)
+            order = [k for k in KINDS if k in s.index] if by == "kind" else list(s.index)
+            _share_bars(axes[i, j], s.loc[order], [KIND_LABEL.get(k, k) for k in order])
             axes[i, j].set(xlabel="% of the variant's total" if i == len(variants) - 1 else "", ylabel="",
                            title=f"{labels.get(v, v)}: by {'layer kind' if by == 'kind' else 'block'}")
-    if axes[0, 1].get_legend():
-        sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
+            axes[i, j].title.set_fontsize(10)
+    axes[0, 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
     return save(fig, out, "layer_time_vs_macs")
 
 
-def roofline_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
+def _share_bars(ax: plt.Axes, s: pd.DataFrame, names: list[str]) -> None:
+    """Three horizontal bars per row (share of MACs, of forward time, of train-step time), top to bottom."""
+    y = np.arange(len(names))
+    for k, (col, colour) in enumerate(zip(MEASURES, SHARE_COLOURS)):
+        ax.barh(y + (k - 1) * 0.27, s[col].fillna(0).to_numpy(float), height=0.27, color=colour,
+                label=MEASURES[col])
+    ax.set_yticks(y, names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+
+
+def share_table(rows: pd.DataFrame, labels: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """Every variant's share of the forward time per layer kind (%), with its 1×1 convolutions' share of MACs:
+    what `share_figure` shows for a few variants, for all of them.
+
+    Args:
+        rows: `reference_rows` of the "layer_timing" records.
+        labels: variant id -> label.
+
+    Returns:
+        (header, rows) of strings.
+    """
+    s = shares(rows, "kind")
+    kinds = [k for k in KINDS if k in set(s["kind"])]
+    header = ["Variant", *[f"{KIND_LABEL[k]} (% fwd)" for k in kinds], "1×1 conv (% MACs)"]
+    out = []
+    for v, g in s.groupby("variant", sort=False):
+        g = g.set_index("kind")
+        cells = [f"{g.loc[k, 'fwd_share']:.0f}" if k in g.index and not np.isnan(g.loc[k, "fwd_share"])
+                 else fmt.NA for k in kinds]
+        macs = f"{g.loc['conv_1x1', 'macs_share']:.0f}" if "conv_1x1" in g.index else "0"
+        out.append([labels.get(v, v), *cells, macs])
+    return header, out
+
+
+def roofline_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir,
+                    keys: list[str] | None = None) -> Path | None:
     """Attained FLOP/s vs arithmetic intensity per layer (forward), under the device's measured roofline.
 
     Args:
         rows: `reference_rows` with roofline keys (intensity, flops, fwd_ms, peak_tflops, mem_gb_per_s).
         labels: variant id -> label.
         out: the results folder.
+        keys: the variants drawn, a marker each (the baseline and the extremes); None: every variant.
 
     Returns:
         PNG path, or None without roofline data.
@@ -104,6 +142,8 @@ def roofline_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir)
     if rows.empty or not need <= set(rows):
         return None
     r = rows[(rows["kind"] != "rest") & (rows["flops"] > 0) & (rows["fwd_ms"] > 0)].copy()
+    if keys is not None and r["variant"].isin(keys).any():
+        r = r[r["variant"].isin(keys)]
     if r.empty:
         return None
     r["attained_tflops"] = r["flops"] / (r["fwd_ms"] / 1e3) / 1e12
@@ -115,7 +155,7 @@ def roofline_figure(rows: pd.DataFrame, labels: dict[str, str], out: ResultsDir)
         fig, ax = plt.subplots(figsize=(8.5, 5.5))
     ax.plot(x, np.minimum(peak, bw * x), color="black", lw=1.5, label="roofline (measured GEMM peak, copy bandwidth)")
     sns.scatterplot(r, x="intensity", y="attained_tflops", hue="layer kind", style="variant label", s=60, ax=ax,
-                    hue_order=[KIND_LABEL[k] for k in KINDS if KIND_LABEL[k] in set(r["layer kind"])])
+                    hue_order=[KIND_LABEL[k] for k in KINDS if KIND_LABEL[k] in set(r["layer kind"])], alpha=0.85)
     ax.set(xscale="log", yscale="log", xlabel="Arithmetic intensity (FLOPs per byte moved, log scale)",
            ylabel="Attained TFLOP/s in the forward pass (log scale)",
            title=f"Roofline: ridge at {peak / bw:.0f} FLOP/byte ({peak:.3g} TFLOP/s, {bw * 1e3:.3g} GB/s)")
@@ -209,7 +249,7 @@ def coverage_table(rows: pd.DataFrame, timing: pd.DataFrame, labels: dict[str, s
         first = r.iloc[0]
         layers_ms = float(r.loc[r["kind"] != "rest", "fwd_ms"].sum())
         match = timing[(timing["variant"] == v) & (timing["mode"] == "forward") & (timing["status"] == "ok")
-                       & (timing["compile"] == False)  # noqa: E712  (pandas: element-wise comparison)
+                       & (timing["compile"] == False)  # pandas: element-wise, not `is False`
                        & (timing[SETTING] == first[SETTING]).all(axis=1)] if not timing.empty else timing
         e2e = float(match["ms_median"].iloc[0]) if len(match) else np.nan
         rest = float(r.loc[r["kind"] == "rest", "fwd_ms"].sum())

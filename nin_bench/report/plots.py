@@ -1,31 +1,55 @@
-"""Report figures (seaborn, Agg backend): accuracy vs cost, throughput vs batch, learning curves, size by block.
+"""Report figures (seaborn, Agg backend): accuracy vs cost, throughput vs batch, size by block; `save` and `Skip`
+for every figure module.
 
-Every function returns the PNG path it wrote (an SVG is written beside it), or None when the run has no data
-for that figure, so a partial run simply has fewer figures.
+Every figure function returns the PNG path it wrote (an SVG is written beside it), a `Skip` saying why the figure
+would mislead or say nothing here, or None when the run has no data for it at all, so a partial run simply has
+fewer figures. Accuracy axes run from 0 to 100 % (never zoomed): differences are read from the forest plot
+(`effects.forest_figure`), which draws them on their own axis with their intervals.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the report runs in CI and over ssh
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from nin_bench.report import fmt  # noqa: E402
-from nin_bench.report.stats import pareto_front  # noqa: E402
-from nin_bench.store.folder import ResultsDir  # noqa: E402
+from nin_bench.report import fmt
+from nin_bench.report.encoding import Encoding
+from nin_bench.report.stats import pareto_front
+from nin_bench.store.folder import ResultsDir
 
 DPI = 150
+SVG = True  # tests turn it off (and lower DPI) to stay fast
+MAX_HEIGHT_IN = 15.0  # 2,250 px at 150 dpi: every figure fits a screen or two
+MAX_SETTING_ROWS = 4  # throughput rows (data set x timing setting) drawn; the rest are named in the caption
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A figure not drawn, and why (the report prints the reason).
+
+    Attributes:
+        reason: one clause, e.g. "every variant has the same parameters and MACs".
+    """
+
+    reason: str
+
+
+def height(inches: float) -> float:
+    """A figure height capped at `MAX_HEIGHT_IN`."""
+    return min(float(inches), MAX_HEIGHT_IN)
 
 
 def save(fig: plt.Figure, out: ResultsDir, name: str) -> Path:
-    """Write the figure `name` as PNG (150 dpi) and SVG into the results folder (atomically), close the figure.
+    """Write the figure `name` as PNG (`DPI`) and SVG into the results folder (atomically), close the figure.
 
     Args:
         fig: the figure.
@@ -38,118 +62,141 @@ def save(fig: plt.Figure, out: ResultsDir, name: str) -> Path:
     png = out.figure(name, "png")
     with out.writing(png) as tmp:
         fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    # No date and a fixed id salt in the SVG, so re-running the report gives byte-identical files.
-    with matplotlib.rc_context({"svg.hashsalt": "nin_bench"}), out.writing(out.figure(name, "svg")) as tmp:
-        fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None})
+    if SVG:  # no date and a fixed id salt in the SVG, so re-running the report gives byte-identical files
+        with matplotlib.rc_context({"svg.hashsalt": "nin_bench"}), out.writing(out.figure(name, "svg")) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return png
 
 
-def _palette(labels: list[str]) -> dict[str, tuple]:
-    """One stable colour per variant label, shared by every figure."""
-    return dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))))
+def legend_below(fig: plt.Figure, columns: list[list]) -> None:
+    """One legend for the whole figure, under it: a column per group of entries (an axis's levels), padded so
+    each group keeps its own column; a single long group wraps into columns of at most 6."""
+    if len(columns) == 1 and len(columns[0]) > 6:
+        columns = [columns[0][i:i + 6] for i in range(0, len(columns[0]), 6)]
+    rows = max((len(c) for c in columns), default=0)
+    blank = plt.Line2D([], [], ls="", label=" ")
+    flat = [h for c in columns for h in c + [blank] * (rows - len(c))]
+    fig.legend(handles=flat, loc="upper center", ncol=max(len(columns), 1), bbox_to_anchor=(0.5, 0.0),
+               frameon=False)
 
 
-def accuracy_vs_cost(table: pd.DataFrame, out: ResultsDir) -> Path | None:
-    """Test accuracy vs params and vs MACs (log x), error bars = std over seeds, Pareto frontier dashed.
+def accuracy_vs_cost(table: pd.DataFrame, enc: Encoding, out: ResultsDir) -> Path | Skip | None:
+    """Test accuracy vs params and vs MACs (log x), error bars = the 95 % t-CI over seeds, Pareto frontier dashed.
 
     Args:
         table: `tables.results_table` (full precision).
+        enc: the grid's encoding.
         out: the results folder (figures go to its figures/).
 
     Returns:
-        PNG path, or None if nothing was trained.
+        PNG path; a `Skip` when no data set's variants differ in parameters or MACs (a column of points says
+        nothing the forest plot does not); None if nothing was trained or profiled.
     """
     t = table[table["test_acc_mean"].notna()]
-    if t.empty:
+    if t.empty or t[["params", "macs"]].isna().all().all():
         return None
+    spread = t.groupby("dataset")[["params", "macs"]].nunique()
+    if (spread.max(axis=1) <= 1).all():
+        return Skip("every variant of a data set has the same parameters and MACs, so accuracy against cost "
+                    "would be one column of points")
     datasets = list(dict.fromkeys(t["dataset"]))
-    colours = _palette(list(dict.fromkeys(table["label"])))
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4 * len(datasets)), squeeze=False)
+        fig, axes = plt.subplots(len(datasets), 2, figsize=(11, height(3.6 * len(datasets) + 0.8)),
+                                 squeeze=False)
     for i, ds in enumerate(datasets):
         d = t[t["dataset"] == ds]
         for j, (col, xlabel) in enumerate([("params", "Parameters (count, log scale)"),
                                            ("macs", "MACs per image (multiply-adds, log scale)")]):
             axes[i, j].set_xscale("log")
-            _scatter_front(axes[i, j], d, col, colours)
-            axes[i, j].set(xlabel=xlabel, ylabel="Test accuracy (%)", title=f"{ds}")
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=lab) for lab, c in colours.items()]
-    handles.append(plt.Line2D([], [], ls="--", color="grey", label="Pareto frontier"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), bbox_to_anchor=(0.5, -0.02),
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+            _scatter_front(axes[i, j], d, col, enc)
+            axes[i, j].set(xlabel=xlabel, ylabel="Test accuracy (%)", title=f"{ds}", ylim=(0, 100))
+    handles = [*enc.handles(points=True), [plt.Line2D([], [], ls="--", color="grey", marker="o", ms=10,
+                                                              fillstyle="none", label="Pareto frontier")]]
+    fig.tight_layout()
+    legend_below(fig, handles)
     return save(fig, out, "accuracy_vs_cost")
 
 
-def _scatter_front(ax: plt.Axes, d: pd.DataFrame, col: str, colours: dict[str, tuple]) -> None:
-    """Points with std error bars on one axis, and the dashed step line through the Pareto-optimal ones."""
+def _scatter_front(ax: plt.Axes, d: pd.DataFrame, col: str, enc: Encoding) -> None:
+    """Points with their CI bars on one axis, and the dashed step line through the Pareto-optimal ones."""
     d = d[d[col].notna()]
     x, y = d[col].to_numpy(float), d["test_acc_mean"].to_numpy(float) * 100
-    err = np.nan_to_num(d["test_acc_std"].to_numpy(float) * 100)
-    for xi, yi, ei, lab in zip(x, y, err, d["label"]):
-        ax.errorbar(xi, yi, yerr=ei, fmt="o", ms=7, capsize=4, color=colours[lab])
+    lo = np.nan_to_num(y - d["ci_lo"].to_numpy(float) * 100)
+    hi = np.nan_to_num(d["ci_hi"].to_numpy(float) * 100 - y)
+    for xi, yi, l, h, v in zip(x, y, lo, hi, d["variant"]):
+        ax.errorbar(xi, yi, yerr=[[l], [h]], capsize=3, **enc.style(str(v)).point())
     if len(x) and x.min() == x.max():  # one x value: give the log axis a span (matplotlib warns otherwise)
         ax.set_xlim(x.min() / 2, x.max() * 2)
     front = pareto_front(x, y)
     if len(front):
         ax.plot(x[front], y[front], ls="--", color="grey", drawstyle="steps-post", zorder=0)
-        ax.scatter(x[front], y[front], s=180, facecolors="none", edgecolors="grey", zorder=0)
+        ax.scatter(x[front], y[front], s=200, facecolors="none", edgecolors="grey", zorder=0)
     _ticks_at(ax, np.unique(x), fmt.params if col == "params" else fmt.macs)
     ax.margins(x=0.08)
 
 
 def _ticks_at(ax: plt.Axes, values: np.ndarray, label: Callable[[float], str]) -> None:
     """Log-axis ticks at the data values, labelled readably ("967k", "222.5M"): the variants often span less
-    than a decade, where default log ticks are absent or crowded."""
+    than a decade, where default log ticks are absent or crowded. A label closer than 1/12 of the axis span (in
+    log) to the previous one is left out, so clustered values do not print over each other."""
+    values = np.sort(values[values > 0])
     ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(values))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([label(v) for v in values]))
+    gap = (np.log10(values[-1] / values[0]) / 12) if len(values) > 1 else 0.0
+    shown, last = [], None
+    for v in values:
+        keep = last is None or np.log10(v / last) >= gap
+        shown.append(label(v) if keep else "")
+        last = v if keep else last
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter(shown))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.tick_params(axis="x", labelrotation=30)
 
 
-def throughput_vs_batch(timing: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
-    """Images/s vs batch size per variant; forward and train step side by side, one row per data set.
+def throughput_vs_batch(timing: pd.DataFrame, enc: Encoding, out: ResultsDir) -> tuple[Path, list[str]] | None:
+    """Images/s vs batch size per variant; forward and train step side by side, a row per data set and timing
+    setting (fp32 eager first), at most `MAX_SETTING_ROWS` rows.
 
     Args:
         timing: records of the "timing" stage.
-        labels: variant id -> label.
+        enc: the grid's encoding.
         out: the results folder (figures go to its figures/).
 
     Returns:
-        PNG path, or None without successful timing rows.
+        (PNG path, the "data set: setting" rows left out), or None without successful timing rows.
     """
     if timing.empty or "img_per_s" not in timing:
         return None
     t = timing[(timing["status"] == "ok") & timing["img_per_s"].notna()].copy()
     if t.empty:
         return None
-    t["variant label"] = t["variant"].map(labels)
     t["setting"] = [_setting(r) for _, r in t.iterrows()]
-    style = "setting" if t["setting"].nunique() > 1 else None
+    order = list(dict.fromkeys(t["dataset"]))
+    rows = sorted(t[["dataset", "setting"]].drop_duplicates().itertuples(index=False, name=None),
+                  key=lambda r: (order.index(r[0]), "compile" in r[1], not r[1].startswith("fp32"), r[1]))
+    left_out = [f"{ds}: {st}" for ds, st in rows[MAX_SETTING_ROWS:]]
+    rows = rows[:MAX_SETTING_ROWS]
     modes = [m for m in ("forward", "train_step") if m in set(t["mode"])]
-    datasets = list(dict.fromkeys(t["dataset"]))
-    colours = _palette(list(dict.fromkeys(labels.values())))
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(len(datasets), len(modes), figsize=(5.5 * len(modes), 4 * len(datasets)),
+        fig, axes = plt.subplots(len(rows), len(modes), figsize=(5.5 * len(modes), height(3.4 * len(rows) + 0.8)),
                                  squeeze=False)
-    for i, ds in enumerate(datasets):
+    for i, (ds, setting) in enumerate(rows):
         for j, mode in enumerate(modes):
-            d = t[(t["dataset"] == ds) & (t["mode"] == mode)]
-            sns.lineplot(d, x="batch_size", y="img_per_s", hue="variant label", style=style, markers=True,
-                         marker=None if style else "o", palette=colours, ax=axes[i, j],
-                         legend=(i == 0 and j == len(modes) - 1))
-            _round_spread(axes[i, j], d, colours)
-            axes[i, j].set(xscale="log", yscale="log", xlabel="Batch size (images, log scale)",
-                           ylabel="Throughput (img/s, log scale)", title=f"{ds}: {mode.replace('_', ' ')}")
-            _ticks_at(axes[i, j], np.unique(d["batch_size"].to_numpy(float)), lambda v: f"{v:.0f}")
-    if axes[0, -1].get_legend():
-        sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+            d = t[(t["dataset"] == ds) & (t["setting"] == setting) & (t["mode"] == mode)]
+            ax = axes[i, j]
+            for v, g in d.groupby("variant", sort=False):
+                g = g.sort_values("batch_size")
+                ax.plot(g["batch_size"], g["img_per_s"], **enc.style(str(v)).line())
+            _round_spread(ax, d, enc)
+            ax.set(xscale="log", yscale="log", xlabel="Batch size (images, log scale)",
+                   ylabel="Throughput (img/s, log scale)", title=f"{ds}, {setting}: {mode.replace('_', ' ')}")
+            _ticks_at(ax, np.unique(d["batch_size"].to_numpy(float)), lambda v: f"{v:.0f}")
     fig.tight_layout()
-    return save(fig, out, "throughput_vs_batch")
+    legend_below(fig, enc.handles())
+    return save(fig, out, "throughput_vs_batch"), left_out
 
 
-def _round_spread(ax: plt.Axes, d: pd.DataFrame, colours: dict[str, tuple]) -> None:
+def _round_spread(ax: plt.Axes, d: pd.DataFrame, enc: Encoding) -> None:
     """Error bars from the slowest to the fastest round's median (img/s) on rows timed in rounds."""
     if "round_ms_min" not in d:
         return
@@ -158,7 +205,7 @@ def _round_spread(ax: plt.Axes, d: pd.DataFrame, colours: dict[str, tuple]) -> N
         ips, bs = float(row["img_per_s"]), float(row["batch_size"])
         lo, hi = 1000 * bs / float(row["round_ms_max"]), 1000 * bs / float(row["round_ms_min"])
         ax.errorbar(bs, ips, yerr=[[max(ips - lo, 0.0)], [max(hi - ips, 0.0)]], fmt="none", capsize=3, lw=1,
-                    color=colours.get(row["variant label"], "grey"))
+                    color=enc.style(str(row["variant"])).color)
 
 
 def _setting(r: pd.Series) -> str:
@@ -169,42 +216,6 @@ def _setting(r: pd.Series) -> str:
     if bool(r.get("compile")):
         parts.append("compile")
     return ", ".join(parts)
-
-
-def learning_curves(epochs: pd.DataFrame, labels: dict[str, str], out: ResultsDir) -> Path | None:
-    """Validation accuracy and train loss per epoch: mean over seeds with a ±1 std band.
-
-    Args:
-        epochs: records of the "train_epoch" stage.
-        labels: variant id -> label.
-        out: the results folder (figures go to its figures/).
-
-    Returns:
-        PNG path, or None without epoch records.
-    """
-    if epochs.empty or "epoch" not in epochs:
-        return None
-    e = epochs[epochs["status"] == "ok"].copy()
-    if e.empty:
-        return None
-    e["variant label"] = e["variant"].map(labels)
-    e["val_acc_pct"] = e["val_acc"].astype(float) * 100
-    datasets = list(dict.fromkeys(e["dataset"]))
-    colours = _palette(list(dict.fromkeys(labels.values())))
-    with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4 * len(datasets)), squeeze=False)
-    for i, ds in enumerate(datasets):
-        d = e[e["dataset"] == ds]
-        for j, (col, ylabel) in enumerate([("val_acc_pct", "Validation accuracy (%)"),
-                                           ("train_loss", "Train loss (cross-entropy, nats)")]):
-            sns.lineplot(d, x="epoch", y=col, hue="variant label", errorbar="sd", palette=colours,
-                         ax=axes[i, j], legend=(i == 0 and j == 1), marker="o")
-            axes[i, j].set(xlabel="Epoch", ylabel=ylabel, title=ds)
-            axes[i, j].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    if axes[0, 1].get_legend():
-        sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
-    fig.tight_layout()
-    return save(fig, out, "learning_curves")
 
 
 def _group_cols(profile: pd.DataFrame, prefix: str) -> list[str]:
@@ -234,7 +245,7 @@ def size_by_block(profile: pd.DataFrame, labels: dict[str, str], out: ResultsDir
     groups = list(dict.fromkeys(c.split("_", 1)[1] for c in pcols + mcols))
     colours = dict(zip(groups, sns.color_palette("Set2", len(groups))))
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(1, 2, figsize=(12, 1.0 + 0.5 * len(names)), squeeze=False)
+        fig, axes = plt.subplots(1, 2, figsize=(12, height(1.0 + 0.4 * len(names))), squeeze=False)
     for ax, cols, scale, xlabel in [(axes[0, 0], pcols, 1e6, "Parameters (millions)"),
                                     (axes[0, 1], mcols, 1e6, "MACs per image (millions)")]:
         left = np.zeros(len(names))

@@ -8,17 +8,17 @@ import pandas as pd
 from nin_bench.report import (
     answer,
     comparisons,
+    figures,
     layers,
-    maps,
     paper,
-    plots,
     protocol,
     sections,
     tables,
     timing_check,
 )
 from nin_bench.report.document import Doc, to_html, to_markdown
-from nin_bench.report.load import Run, baselines, grid_axes, load_run, variant_label
+from nin_bench.report.encoding import encode
+from nin_bench.report.load import Run, grid_axes, load_run, variant_label
 from nin_bench.report.ratios import TimingIndex
 from nin_bench.store.folder import ResultsDir
 
@@ -46,44 +46,41 @@ def _result_tables(doc: Doc, run: Run, table: pd.DataFrame) -> str:
     return "\n".join(tex)
 
 
-def _figures(doc: Doc, run: Run, table: pd.DataFrame, out: ResultsDir) -> None:
-    """Draw every figure the data allow and add each with its caption line."""
-    labels = _labels(run)
-    ref = run.reference_batch_size
-    figs = [
-        (plots.accuracy_vs_cost(table, out),
-         "Test accuracy (%) vs parameters and vs MACs per image (log x). Error bars: ±1 std over seeds; dashed "
-         "step line and open circles: Pareto frontier (no other variant is both cheaper and more accurate)."),
-        (plots.throughput_vs_batch(run.stage("timing"), labels, out),
-         f"Throughput (img/s, log) vs batch size (log) for the forward pass (eval, inference mode) and the full "
-         f"train step (forward, loss, backward, SGD step); medians of timed iterations (of the per-round medians "
-         f"where the run timed in rounds; error bars: slowest to fastest round). Tables use batch {ref}."),
-        (plots.learning_curves(run.stage("train_epoch"), labels, out),
-         "Learning curves: validation accuracy (%) and train loss (cross-entropy) per epoch; line = mean over "
-         "seeds, band = ±1 std over seeds."),
-        (plots.size_by_block(run.stage("profile"), _labels(run, with_dataset=True), out),
-         "Where the parameters and MACs live: stacked per mlpconv block and the head (millions). "
-         + sections.head_share(run.stage("profile"), run.summary)),
-    ]
-    bases = baselines(run.summary, run.config)
-    gap = maps.gap_map_figures(run.stage("train"), run.summary, bases, out)
-    if any(png is not None for png, _ in figs) or gap:
-        doc.h(2, "Figures")
-    for png, caption in figs:
-        if png is not None:
-            doc.fig(png, caption)
-    for ds, variant, png in gap:
-        doc.fig(png, f"GAP class-confidence maps, {ds}, variant {variant}: one test image per class (rows) and "
-                     "the last block's map for each class (columns), each row scaled to its own maximum; the true "
-                     "class is framed green (a wrong prediction's map dashed cyan), the prediction named at left. "
-                     "Bright = high confidence for that class "
-                     "at that position.")
-
-
-def _paper_section(doc: Doc, run: Run) -> None:
-    """Add the NiN paper comparison when our variants cover one of its CIFAR-10 settings."""
+def _paper_found(run: Run) -> tuple[str | None, tuple[list[str], list[list[str]]] | None]:
+    """Our CIFAR-10 augmentation and the paper comparison table (None when no variant covers a paper row)."""
     augment = protocol.augmentation(run.stage("train"), run.config, ["cifar10"]).get("cifar10")
-    found = paper.paper_table(run.summary, augment)
+    return augment, paper.paper_table(run.summary, augment)
+
+
+def _figures(run: Run, table: pd.DataFrame, cmp: pd.DataFrame, out: ResultsDir) -> dict[str, list[figures.Figure]]:
+    """Draw every figure the data allow, by the report section that shows it ("answer", "paper", "layers",
+    "other"); tests about text alone replace this with a function returning {}."""
+    enc = encode(run.summary, grid_axes(run.config, run.summary))
+    drawn: dict[str, list[figures.Figure]] = {}
+    if table["test_acc_mean"].notna().any():
+        drawn["answer"] = figures.answer_figures(run, table, cmp, enc, out)
+    found = _paper_found(run)[1]
+    fig = figures.paper_figure(run, found, cmp, _labels(run), out) if found is not None else None
+    drawn["paper"] = [fig] if fig is not None else []
+    rows = layers.reference_rows(run.stage("layer_timing"), run.reference_batch_size)
+    if not rows.empty:
+        drawn["layers"] = figures.layer_figures(run, table, rows, _labels(run, with_dataset=True), out)
+    drawn["other"] = figures.other_figures(run, table, enc, _labels(run, with_dataset=True), out)
+    return drawn
+
+
+def _add(doc: Doc, figs: list[figures.Figure]) -> None:
+    """Add the drawn figures with their captions (and the table under a figure that carries the rest)."""
+    for f in figs:
+        if f.png is not None:
+            doc.fig(f.png, f.text)
+            if f.table is not None:
+                doc.table(*f.table)
+
+
+def _paper_section(doc: Doc, run: Run, figs: list[figures.Figure]) -> None:
+    """Add the NiN paper comparison when our variants cover one of its CIFAR-10 settings, with its figure."""
+    augment, found = _paper_found(run)
     if found is None:
         return
     doc.h(2, "Comparison with the NiN paper (CIFAR-10 test error)")
@@ -94,9 +91,10 @@ def _paper_section(doc: Doc, run: Run) -> None:
               "dropout, the paper's model), not the errors themselves.")
     doc.table(*found)
     doc.p(paper.our_protocol(run.config, run.manifest, augment) + " " + paper.PAPER_PROTOCOL)
+    _add(doc, figs)
 
 
-def _layer_section(doc: Doc, run: Run, out: ResultsDir) -> None:
+def _layer_section(doc: Doc, run: Run, figs: list[figures.Figure]) -> None:
     """"Where the time goes": per-layer time against MACs, the roofline, and the finding in one sentence."""
     rows = layers.reference_rows(run.stage("layer_timing"), run.reference_batch_size)
     if rows.empty:
@@ -114,20 +112,7 @@ def _layer_section(doc: Doc, run: Run, out: ResultsDir) -> None:
           "the rest.")
     doc.table(["variant", "batch, dtype", "layers fwd (ms)", "end-to-end fwd (ms)", "layers ÷ end-to-end",
                "rest of the profiled forward"], layers.coverage_table(rows, run.stage("timing"), labels))
-    for png, caption in (
-            (layers.share_figure(rows, labels, out),
-             "Share of MACs (grey) against share of the forward time (orange) and of the train-step time (green, "
-             "forward in train mode + backward), per layer kind (left) and per block (right), each variant at its "
-             "reference setting. A bar of time far longer than its bar of MACs is a layer whose cost is memory "
-             "traffic, not arithmetic."),
-            (layers.roofline_figure(rows, labels, out),
-             "Roofline of the forward pass: each point a layer (colour: kind; marker: variant), its FLOPs per "
-             "byte moved (input + weights + output at the dtype) against the FLOP/s it attained. Under the sloped "
-             "part a layer is bound by memory bandwidth (a measured large copy), under the flat part by the "
-             "measured GEMM peak. The slope is main-memory bandwidth: element-wise layers whose maps fit in the "
-             "CPU's caches can sit above it.")):
-        if png is not None:
-            doc.fig(png, caption)
+    _add(doc, figs)
 
 
 def _timing_check_section(doc: Doc, run: Run, checks: list[timing_check.PairCheck]) -> None:
@@ -170,12 +155,14 @@ def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -
     if loud:
         doc.p(loud)
     doc.h(2, "Answer")
+    drawn = _figures(run, table, cmp, out)
     if table["test_acc_mean"].notna().any():
         for ds, t in table.groupby("dataset", sort=False):
             doc.p(sections.answer_for(str(ds), t, cmp, margin))
             factorial = answer.factorial_text(str(ds), cmp)
             if factorial:
                 doc.p(factorial)
+        _add(doc, drawn.get("answer", []))
     else:
         doc.p(sections.size_answer(table))
     doc.h(2, "What was run")
@@ -187,10 +174,16 @@ def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -
     doc.ul(items[1:])
     tex = _result_tables(doc, run, table) if not table.empty else ""
     tex += answer.add_section(doc, cmp, margin)
-    _paper_section(doc, run)
+    _paper_section(doc, run, drawn.get("paper", []))
     _timing_check_section(doc, run, checks)
-    _layer_section(doc, run, out)
-    _figures(doc, run, table, out)
+    _layer_section(doc, run, drawn.get("layers", []))
+    rest = drawn.get("other", [])
+    if any(f.png is not None for f in rest):
+        doc.h(2, "Figures")
+    _add(doc, rest)
+    skipped = figures.not_drawn([f for figs in drawn.values() for f in figs])
+    if skipped:
+        doc.p(skipped)
     doc.h(2, "Failed or diverged runs")
     fails = sections.failures(run.summary)
     if fails:
