@@ -111,15 +111,12 @@ def test_profile_only_run_says_training_has_not_run(tmp_path: Path) -> None:
     assert pd.read_csv(root / "tables.csv")["test_acc_mean"].isna().all()
 
 
-<<<<<<< ours
-=======
 @pytest.fixture
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip drawing in tests about text and tables only (figures are tested on the full run)."""
     monkeypatch.setattr("nin_bench.report.render._figures", lambda *args: {})
 
 
->>>>>>> theirs
 def test_failed_and_diverged_variants_are_listed(tmp_path: Path, no_figures: None) -> None:
     recs = full_records()
     for r in recs:
