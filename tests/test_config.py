@@ -68,7 +68,7 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     one_by_one are written in the paper protocol file, under cpu_short's `cpu: {seeds: [0]}`, so that they
     resolve as before. `report.equivalence_margin_pp` (default 1.0) was added to every report section.
     Timing in interleaved rounds added `timing.rounds` (default 5, at most the repeats, which the rounds split;
-    3 under --quick) and `timing.round_seed` (0).
+    3 under --quick), `timing.round_seed` (0) and `timing.min_window_ms` (50).
     Issue 18 added three keys whose defaults change nothing measured (`model.head_dropout:
     null`, the trunk's p; `train.train_eval_size: 5000`, 1000 under --quick; `variants: []`); head.yaml became
     the paper's four Table 5 / section 4.2 rows (`variants`, no grid, GAP + dropout as the baseline); and the

@@ -212,3 +212,12 @@ def test_the_repeats_are_split_over_the_rounds():
     assert timing.round_windows(3, 3) == [1, 1, 1]
     with pytest.raises(ValueError, match="cannot fill"):
         timing.round_windows(3, 4)
+
+
+def test_a_window_lasts_at_least_min_window_ms(monkeypatch):
+    setting = timing.Setting("forward", 2)
+    plain = timing.Contender(tiny_net(), SHAPE, torch.device("cpu"), setting, warmup=0)
+    assert plain.min_iters == 1 and len(plain.window(3)) == 3
+    monkeypatch.setattr(timing, "_MAX_WINDOW_ITERS", 7)  # a day-long window, capped
+    long = timing.Contender(tiny_net(), SHAPE, torch.device("cpu"), setting, warmup=0, min_window_ms=8.64e7)
+    assert long.min_iters == 7 and len(long.window(3)) == 7 and len(long.window(9)) == 9

@@ -17,7 +17,8 @@ FIXED = Ceilings("cpu", peak_flops={"fp32": 1e11}, bytes_per_s=1e10)
 RAW = {"name": "t", "threads": 1, "model": {"width": 0.125, "batchnorm": True},
        "grid": {"model.dropout": [0.0, 0.5]},
        "timing": {"batch_sizes": [2], "reference_batch_size": 2, "warmup": 1, "repeats": 8, "rounds": 4,
-                  "round_seed": 7, "modes": ["forward", "train_step"], "layer_timing": False}}
+                  "round_seed": 7, "modes": ["forward", "train_step"], "layer_timing": False,
+                  "min_window_ms": 0.0}}  # windows of exactly repeats / rounds iterations
 
 
 def _run(tmp_path, **timing_over):

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
+import math
 import random
 import statistics
 import time
@@ -47,6 +48,7 @@ _MIB = 2**20
 INPUT_SEED = 0  # fixed so every row of a sweep times the same batch
 # Iterations after the warm-up over which a contender's peak memory is read (CUDA: the autotuning is done by then).
 _MEMORY_ITERS = 2
+_MAX_WINDOW_ITERS = 1000  # a cap on the iterations min_window_ms may ask of one window
 
 
 def sync(device: torch.device) -> None:
@@ -274,7 +276,7 @@ class Contender:
     """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: torch.device, setting: Setting,
-                 warmup: int, num_classes: int = 10) -> None:
+                 warmup: int, num_classes: int = 10, min_window_ms: float = 0.0) -> None:
         self.device, self.setting = device, setting
         cuda_settings = configure_cuda(deterministic=False) if device.type == "cuda" else {"cudnn_benchmark": None}
         memory = _PeakMemory(device)
@@ -297,9 +299,14 @@ class Contender:
             for _ in range(warmup):
                 self.fn()
             memory.after_warmup()
+            t0 = time.perf_counter()
             for _ in range(_MEMORY_ITERS):
                 self.fn()
+            sync(device)
+            iter_ms = (time.perf_counter() - t0) * 1e3 / _MEMORY_ITERS
         peak_mem_mb, peak_mem_method = memory.stop()
+        # a window must last min_window_ms: a 1 ms iteration timed 10 times is one scheduler hiccup from noise
+        self.min_iters = max(1, min(_MAX_WINDOW_ITERS, math.ceil(min_window_ms / iter_ms))) if iter_ms > 0 else 1
         self.info: dict[str, Any] = {
             "threads": torch.get_num_threads(), "warmup": warmup, "peak_mem_mb": peak_mem_mb,
             "peak_mem_method": peak_mem_method, "compile_s": compile_s, **compiled,
@@ -311,9 +318,10 @@ class Contender:
         return torch.inference_mode() if self.setting.mode == "forward" else contextlib.nullcontext()
 
     def window(self, repeats: int) -> list[float]:
-        """Per-iteration times (ms) of `repeats` timed iterations (one round's timing window)."""
+        """Per-iteration times (ms) of one round's timing window: `repeats` timed iterations, or as many more as
+        the window needs to last `min_window_ms` (estimated from the iterations after the warm-up)."""
         with self._grad_mode():
-            return iteration_times_ms(self.fn, self.device, repeats)
+            return iteration_times_ms(self.fn, self.device, max(repeats, self.min_iters))
 
     def close(self) -> None:
         """Drop the device copy, its batch and optimizer (the next setting's contenders need the memory)."""

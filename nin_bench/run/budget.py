@@ -105,7 +105,7 @@ def _timing_estimate(unit: Unit, records: list[dict[str, Any]]) -> float | None:
         key = (s["mode"], s["dtype"], s["channels_last"], s["compile"], s["batch_size"])
         if key not in ms:
             return None
-        total += (t.warmup + t.repeats) * ms[key] / 1e3
+        total += (t.warmup * ms[key] + max(t.repeats * ms[key], t.rounds * t.min_window_ms)) / 1e3
     return total * len(unit.variants) * TIMING_SAFETY
 
 

@@ -144,7 +144,8 @@ def _time_setting(variants: list[Variant], models: dict[str, torch.nn.Module], s
         for v in variants:
             shape = ctx.shape(v)
             made = _guarded(rows[v.id], device, lambda v=v, shape=shape: Contender(
-                models[v.id], shape.input_shape, device, Setting(**setting), t.warmup, shape.num_classes))
+                models[v.id], shape.input_shape, device, Setting(**setting), t.warmup, shape.num_classes,
+                t.min_window_ms))
             if made is not None:
                 contenders[v.id] = made
 
@@ -162,8 +163,9 @@ def _time_setting(variants: list[Variant], models: dict[str, torch.nn.Module], s
         interleave(contenders, windows=round_windows(t.repeats, t.rounds), seed=t.round_seed, salt=key,
                    start=len(rounds), on_round=on_round, on_fail=on_fail)
     for vid, contender in contenders.items():
-        rows[vid].update(**contender.info, repeats=t.repeats, round_seed=t.round_seed,
-                         **summarise_rounds([r["ms"][vid] for r in rounds if vid in r["ms"]], setting["batch_size"]))
+        times = [r["ms"][vid] for r in rounds if vid in r["ms"]]
+        rows[vid].update(**contender.info, repeats=sum(len(w) for w in times), round_seed=t.round_seed,
+                         **summarise_rounds(times, setting["batch_size"]))
         contender.close()
     return rows
 

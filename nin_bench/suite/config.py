@@ -113,6 +113,10 @@ class TimingSettings(_Section):
     # iterations each), each in an order shuffled from round_seed, so what the machine does during the sweep
     # lands on all of them alike (STYLE 9)
     rounds: int = Field(5, ge=1)  # unless written, at most `repeats` (5 rounds need 5 timed iterations)
+    # a round's window times more iterations than repeats / rounds where fewer would last less than this: a
+    # 1 ms forward timed 10 times is one scheduler hiccup away from noise (torch.utils.benchmark's
+    # blocked_autorange sizes its blocks by time too)
+    min_window_ms: float = Field(50.0, ge=0.0)
     round_seed: int = 0
     # per-layer time (torch.profiler) of every eager dtype x layout, at these batch sizes (None: the reference
     # batch size), measured right after the sweep's forward row of the same setting (same machine state)
