@@ -68,7 +68,7 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     one_by_one are written in the paper protocol file, under cpu_short's `cpu: {seeds: [0]}`, so that they
     resolve as before. `report.equivalence_margin_pp` (default 1.0) was added to every report section.
     Timing in interleaved rounds added `timing.rounds` (default 5, at most the repeats, which the rounds split;
-    3 under --quick), `timing.round_seed` (0) and `timing.min_window_ms` (50).
+    3 under --quick), `timing.round_seed` (0) and `timing.min_window_ms` (50; 10 under --quick).
     Issue 18 added three keys whose defaults change nothing measured (`model.head_dropout:
     null`, the trunk's p; `train.train_eval_size: 5000`, 1000 under --quick; `variants: []`); head.yaml became
     the paper's four Table 5 / section 4.2 rows (`variants`, no grid, GAP + dropout as the baseline); and the
@@ -401,7 +401,8 @@ def test_quick_only_shrinks():
     cfg = validate(_raw(data={"dataset": "imagefolder", "path": "imgs"}, train={"val_size": 30, "epochs": 2},
                         timing={"warmup": 1, "repeats": 3, "batch_sizes": [8, 32, 128],
                                 "layer_timing_batch_sizes": [32], "compile_batch_sizes": [32, 128]}))
-    assert quick_shrink(cfg) == {"timing.warmup": 1, "timing.repeats": 3, "timing.rounds": 3, "train.epochs": 1,
+    assert quick_shrink(cfg) == {"timing.warmup": 1, "timing.repeats": 3, "timing.rounds": 3,
+                                 "timing.min_window_ms": 10.0, "train.epochs": 1,
                                  "train.subset": 2000, "train.val_size": 30, "train.train_eval_size": 1000,
                                  "timing.batch_sizes": [8, 128],
                                  "timing.layer_timing_batch_sizes": None, "timing.compile_batch_sizes": [128],

@@ -354,6 +354,7 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "timing.warmup": 2,
     "timing.repeats": 3,
     "timing.rounds": 3,
+    "timing.min_window_ms": 10.0,
     "train.epochs": 1,
     "train.subset": 2000,
     "train.val_size": 1000,
