@@ -295,3 +295,19 @@ def test_paper_comparison_of_a_cpu_protocol_model_compares_differences(tmp_path:
     # fc without dropout: paper 11.59 - 10.41 = +1.18 pp; ours 0 - 2 points of the planted offsets = -2.00 pp
     assert "| no / no | +1.18 pp | -2.00 pp |" in section
     assert "| no / no | +4.10 pp | +1.00 pp |" in section  # gap without dropout: 14.51 - 10.41; 3 - 2 points
+
+
+def test_a_folder_measured_on_two_machines_says_which_measured_what(tmp_path: Path, no_figures: None) -> None:
+    recs = full_records()
+    one = build_report(write_run(tmp_path / "one", recs)).read_text()
+    assert "**Machines:**" not in one
+    trains = [r for r in recs if r["stage"] in ("train", "train_epoch")]
+    for r in trains[: len(trains) // 2]:
+        r["device_name"] = "AMD EPYC"
+    md = build_report(write_run(tmp_path / "two", recs)).read_text()
+    n_amd = sum(r["stage"] == "train" and r["device_name"] == "AMD EPYC" for r in recs)
+    n_here = sum(r["stage"] == "train" for r in recs) - n_amd
+    here = next(r["device_name"] for r in recs if r["stage"] == "timing")
+    line = md.split("- **Machines:** ")[1].split("\n")[0]
+    assert (n_amd, n_here) == (9, 9)  # the first half of the records: first in the folder, first named
+    assert f"training runs on AMD EPYC ({n_amd}), {here} ({n_here}); timing on {here}." in line

@@ -77,7 +77,7 @@ def test_committed_results_continue_on_the_same_device_and_are_set_aside_elsewhe
     assert "0 units to run" in logs[0] and not list(tmp_path.glob(".cache/superseded-*"))
 
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "device_name": "NVIDIA H200"}))
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "device": "cuda", "device_name": "NVIDIA H200"}))
     logs = _run(cfg, protocol, tmp_path)  # the committed numbers were measured on another device
     assert "another device (NVIDIA H200)" in logs[0] and "measuring afresh" in logs[0] and "4 units to run" in logs[1]
     assert len(ResultsDir(tmp_path).read_records()) == 4
@@ -87,6 +87,31 @@ def test_committed_results_continue_on_the_same_device_and_are_set_aside_elsewhe
     cfg2, _ = _suite(stages=["profile"], model={"width": 0.25})  # another config: another measurement
     logs = _run(cfg2, protocol, tmp_path)
     assert "another config or protocol" in logs[0]
+
+
+def test_a_folder_from_another_cpu_keeps_its_counts_and_measures_its_speed_again(tmp_path):
+    """Sessions land on different CPU models: a CPU folder continues on any CPU, keeping what does not depend on
+    the machine's speed (training, counts) and re-timing here, so no folder mixes two machines' timing rows."""
+    cfg, protocol = _suite(grid={"model.n_1x1": [0, 2]})
+    _run(cfg, protocol, tmp_path)
+    rd = ResultsDir(tmp_path)
+    before = rd.read_records()
+    theirs = [{**r, "device_name": "AMD EPYC"} for r in before]
+    rd.records.write_text("".join(json.dumps(r) + "\n" for r in theirs))
+    manifest = json.loads(rd.manifest.read_text())
+    rd.manifest.write_text(json.dumps({**manifest, "device_name": "AMD EPYC"}))
+    logs = _run(cfg, protocol, tmp_path)
+    assert "continuing results from another CPU (AMD EPYC)" in logs[0]
+    assert "1 units to run" in logs[1]  # the timing of both variants, side by side: one unit; no profile unit
+    after = rd.read_records()
+    profile = [r for r in after if r["stage"] == "profile"]
+    assert [r["device_name"] for r in profile] == ["AMD EPYC"] * 2  # kept as measured
+    speed = [r for r in after if r["stage"] in ("timing", "timing_round")]
+    assert speed and {r["device_name"] for r in speed} == {manifest["device_name"]}  # measured here, only here
+    assert len(speed) == sum(r["stage"] in ("timing", "timing_round") for r in before)
+    copies = list((tmp_path / ".cache").glob("superseded-*/records.jsonl"))
+    # the whole folder as it was, copied aside
+    assert len(copies) == 1 and copies[0].read_text() == "".join(json.dumps(r) + "\n" for r in theirs)
 
 
 def test_a_folder_written_before_threads_moved_is_continued(tmp_path):

@@ -89,6 +89,26 @@ def _device(m: dict[str, Any], c: dict[str, Any]) -> str:
     return text + ("" if cpu == name else f"; CPU {cpu}") + f"; {m.get('threads', '?')} threads"
 
 
+def machines_line(run: Run) -> str | None:
+    """Which machines measured a folder continued across machines of one kind (sessions on different CPU
+    models): the training runs per `device_name`, and the one machine its timing rows come from; None when one
+    machine measured everything."""
+    train, timing = run.stage("train"), run.stage("timing")
+    names = {str(n) for df in (train, timing) if "device_name" in df for n in df["device_name"].dropna()}
+    if len(names) < 2:
+        return None
+    parts = []
+    if "device_name" in train:
+        counts = train["device_name"].astype(str).value_counts(sort=False)
+        parts.append("training runs on " + ", ".join(f"{n} ({c})" for n, c in counts.items()))
+    if "device_name" in timing:
+        parts.append("timing on " + ", ".join(dict.fromkeys(timing["device_name"].astype(str))))
+    return ("**Machines:** this folder was measured over several runs on more than one machine of its kind: "
+            + "; ".join(parts) + ". Accuracies pool over them; speeds are compared only within one machine "
+            "(a run continuing on another CPU model re-times every variant), and each training run's epoch times "
+            "are its own machine's.")
+
+
 def what_was_run(run: Run) -> list[str]:
     """Bullet items describing the run: protocol, device, MFU reference, versions, data, date, seeds, grid.
 
@@ -108,6 +128,9 @@ def what_was_run(run: Run) -> list[str]:
                if m.get("ceilings") else "measured large matmul")
     items.append(f"**Device:** {_device(m, c)}. **MFU ceiling** ({ceiling}): {_peaks(m)}."
                  + _bandwidth(run.stage("layer_timing")))
+    machines = machines_line(run)
+    if machines:
+        items.append(machines)
     if m.get("gpu_name"):
         items.append(_gpu_facts(m))
     if tm:

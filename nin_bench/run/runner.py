@@ -45,6 +45,7 @@ from nin_bench.store.records import (
     is_unit_failure,
     latest_per_key,
 )
+from nin_bench.store.schema import SPEED_KINDS
 from nin_bench.suite.config import SuiteConfig, config_of_folder
 from nin_bench.suite.variants import Variant, expand_grid
 
@@ -61,22 +62,33 @@ def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def prepare_out_dir(rd: ResultsDir, fp: str, device_name: str, log: Log) -> None:
+def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log: Log) -> None:
     """Make the folder ours: continue it when what it holds was measured under this config and protocol
     (`fp`) on this kind of device, otherwise move its results aside (never deleted) and measure afresh.
 
-    The decision reads only the folder's own files (config.resolved.yaml, manifest.json), never ignored state,
-    so a committed folder on a fresh clone, or one brought back from a lent GPU, continues on the same kind of
-    device, and a user's first run on another machine never shows the committed machine's numbers as theirs.
+    The kind of device is the GPU model on CUDA, and any CPU on the CPU: a CPU folder continued on another CPU
+    model keeps its training and profile records (each names its `device_name`; the report lists the machines)
+    and gives up its speed records (`SPEED_KINDS`, copied aside first), which this machine measures again, so
+    every timing row of one folder comes from one machine. The decision reads only the folder's own files
+    (config.resolved.yaml, manifest.json), never ignored state, so a committed folder on a fresh clone, or one
+    brought back from a lent GPU, continues on the same kind of device, and a user's first run on another kind
+    of device never shows the committed machine's numbers as theirs.
     """
     if not rd.generated():
         return
     theirs = config_of_folder(rd.read_config())
     same_config = theirs is not None and fingerprint(*theirs) == fp
-    their_device = rd.read_manifest().get("device_name")
-    if same_config and their_device == device_name:
+    manifest = rd.read_manifest()
+    their_device, their_name = manifest.get("device"), manifest.get("device_name")
+    if same_config and their_name == device_name:
         return
-    why = f"another device ({their_device})" if same_config else "another config or protocol"
+    if same_config and their_device == device == "cpu":
+        dest, dropped = rd.supersede_records(
+            lambda r: r.get("stage") in SPEED_KINDS and r.get("device_name") != device_name)
+        log(f"{rd.root}: continuing results from another CPU ({their_name}): its training and profile records "
+            f"stand; its {dropped} speed records are measured again here (a copy of the folder is in {dest})")
+        return
+    why = f"another device ({their_name})" if same_config else "another config or protocol"
     dest = rd.supersede()
     log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
 
@@ -261,7 +273,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
         threads, heap = configure_process(cfg.threads)
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
-        prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device_name, log)
+        prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device, ctx.device_name, log)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
         manifest.update(cpu_heap=heap, command=command, **(manifest_extra or {}))

@@ -203,6 +203,31 @@ class ResultsDir:
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         return dest
 
+    def supersede_records(self, drop: Callable[[dict[str, Any]], bool]) -> tuple[Path, int]:
+        """Move the records `drop` selects aside, keeping the rest in place (a continued folder gives up what
+        this machine must measure again, e.g. another CPU model's timing). The whole folder is first copied into
+        a new `superseded()` folder, then records.jsonl is rewritten atomically without them, and the timing
+        checkpoints are dropped (training checkpoints stay: a run in progress goes on).
+
+        Returns:
+            The folder the copy went to, and how many records were dropped.
+        """
+        kept, dropped = [], 0
+        for line in (self.records.read_text().splitlines(keepends=True) if self.records.exists() else []):
+            rows = parse_jsonl(line)
+            if rows and drop(rows[0]):
+                dropped += 1
+            else:
+                kept.append(line)
+        dest = self.superseded()
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in self.generated():
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, dest / path.name)
+        write_atomic(self.records, "".join(kept))
+        for path in self.timing_checkpoints():
+            path.unlink(missing_ok=True)
+        return dest, dropped
+
     @classmethod
     def for_suite(cls, name: str) -> "ResultsDir":
         """The default folder of a suite: results/<name>."""

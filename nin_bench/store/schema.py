@@ -12,6 +12,9 @@ from typing import Any
 STAGES = ("profile", "timing", "train")
 # Extra record kinds and the stage whose unit makes them: a unit is recorded once its main record is in.
 UNIT_OF_KIND = {"train_epoch": "train", "layer_timing": "timing", "timing_round": "timing"}
+# The record kinds that measure this machine's speed: a folder continued on another machine of its kind (another
+# CPU model) measures these again, while its training and profile (count) records stand (`runner.prepare_out_dir`).
+SPEED_KINDS = ("timing", "timing_round", "layer_timing")
 # Every value a record's `stage` can take, in the order the report reads them.
 RECORD_KINDS = ("profile", "timing", "timing_round", "layer_timing", "train_epoch", "train")
 
