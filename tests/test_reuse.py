@@ -5,6 +5,7 @@ the one test that copies a real run's GAP maps."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -78,6 +79,21 @@ def test_another_training_config_no_reuse_or_a_folder_being_written_trains_here(
         logs = _run({**B, "name": "b4"}, tmp_path / "busy", reuse=True)
     assert len(fake.calls) == 4
     assert f"reuse: {tmp_path / 'a'} is being written by another run; not read" in logs
+
+
+def test_a_run_another_cpu_trained_in_a_continued_folder_is_not_taken_for_ours(fake, no_report,  # noqa: F811
+                                                                                tmp_path):
+    """A folder continued on another CPU model holds runs of two machines: each run's identity is its own
+    record's machine, not the manifest's (the last run's)."""
+    _run(A, tmp_path / "a", reuse=True)
+    rd = ResultsDir(tmp_path / "a")
+    recs = [{**r, "device_name": "AMD EPYC"} if r.get("seed") == 0 else r for r in rd.read_records()]
+    rd.records.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    manifest = json.loads(rd.manifest.read_text())  # its last run was on the other machine
+    rd.manifest.write_text(json.dumps({**manifest, "device_name": "AMD EPYC"}))
+    fake.calls = []
+    _run(B, tmp_path / "b", reuse=True)
+    assert fake.calls == [(1, 0), (2, 0), (2, 1)]  # seed 0 of the shared arm was another machine's: trained here; seed 1 was this one's
 
 
 @pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (../shared/data)")

@@ -82,12 +82,12 @@ def trained_units(folder: ResultsDir) -> Iterator[tuple[str, Variant, list[dict[
     latest = latest_per_key(folder.read_records())
     for r in latest:
         if (r.get("stage") != "train" or r.get("status") != "ok" or r.get("variant") not in variants
-                or not r.get("data_sha256") or r.get("protocol") != protocol
-                or r.get("device_name") != manifest["device_name"]):
+                or not r.get("data_sha256") or r.get("protocol") != protocol or not r.get("device_name")):
             continue
         v = variants[r["variant"]]
+        # the record's own machine: a folder continued on another CPU model holds runs of both
         ident = train_identity(v.config, seed=r["seed"], protocol=protocol, device=manifest["device"],
-                               device_name=manifest["device_name"], threads=manifest["threads"],
+                               device_name=r["device_name"], threads=manifest["threads"],
                                data_sha256=r["data_sha256"])
         epochs = sorted((e for e in latest if e.get("stage") == "train_epoch" and e.get("variant") == v.id
                          and e.get("seed") == r["seed"]), key=lambda e: e.get("epoch") or 0)

@@ -68,11 +68,13 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
 
     The kind of device is the GPU model on CUDA, and any CPU on the CPU: a CPU folder continued on another CPU
     model keeps its training and profile records (each names its `device_name`; the report lists the machines)
-    and gives up its speed records (`SPEED_KINDS`, copied aside first), which this machine measures again, so
-    every timing row of one folder comes from one machine. The decision reads only the folder's own files
-    (config.resolved.yaml, manifest.json), never ignored state, so a committed folder on a fresh clone, or one
-    brought back from a lent GPU, continues on the same kind of device, and a user's first run on another kind
-    of device never shows the committed machine's numbers as theirs.
+    and gives up its speed records (`SPEED_KINDS`), which this machine measures again, so every timing row of
+    one folder comes from one machine. Speed records made before timing ran in interleaved rounds (timing rows
+    without `rounds`) are measured again too, on any machine. Records given up are copied aside first. The
+    decision reads only the folder's own files (config.resolved.yaml, manifest.json, records.jsonl), never
+    ignored state, so a committed folder on a fresh clone, or one brought back from a lent GPU, continues on the
+    same kind of device, and a user's first run on another kind of device never shows the committed machine's
+    numbers as theirs.
     """
     if not rd.generated():
         return
@@ -80,13 +82,18 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
     same_config = theirs is not None and fingerprint(*theirs) == fp
     manifest = rd.read_manifest()
     their_device, their_name = manifest.get("device"), manifest.get("device_name")
-    if same_config and their_name == device_name:
-        return
-    if same_config and their_device == device == "cpu":
+    same_kind = their_name == device_name or their_device == device == "cpu"
+    if same_config and same_kind:
+        records = rd.read_records()
+        before_rounds = any(r.get("stage") == "timing" and r.get("status") == "ok" and "rounds" not in r
+                            for r in records)
+        if not before_rounds and their_name == device_name:
+            return
         dest, dropped = rd.supersede_records(
-            lambda r: r.get("stage") in SPEED_KINDS and r.get("device_name") != device_name)
-        log(f"{rd.root}: continuing results from another CPU ({their_name}): its training and profile records "
-            f"stand; its {dropped} speed records are measured again here (a copy of the folder is in {dest})")
+            lambda r: r.get("stage") in SPEED_KINDS and (before_rounds or r.get("device_name") != device_name))
+        why = "made before timing ran in rounds" if before_rounds else f"made on another CPU ({their_name})"
+        log(f"{rd.root}: continuing; its training and profile records stand, and its {dropped} speed records "
+            f"({why}) are measured again here (the folder as it was is copied to {dest})")
         return
     why = f"another device ({their_name})" if same_config else "another config or protocol"
     dest = rd.supersede()
