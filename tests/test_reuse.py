@@ -93,7 +93,8 @@ def test_a_run_another_cpu_trained_in_a_continued_folder_is_not_taken_for_ours(f
     rd.manifest.write_text(json.dumps({**manifest, "device_name": "AMD EPYC"}))
     fake.calls = []
     _run(B, tmp_path / "b", reuse=True)
-    assert fake.calls == [(1, 0), (2, 0), (2, 1)]  # seed 0 of the shared arm was another machine's: trained here; seed 1 was this one's
+    # seed 0 of the shared arm was another machine's: trained here; seed 1 was this one's: copied
+    assert fake.calls == [(1, 0), (2, 0), (2, 1)]
 
 
 @pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (../shared/data)")
