@@ -310,4 +310,5 @@ def test_a_folder_measured_on_two_machines_says_which_measured_what(tmp_path: Pa
     here = next(r["device_name"] for r in recs if r["stage"] == "timing")
     line = md.split("- **Machines:** ")[1].split("\n")[0]
     assert (n_amd, n_here) == (9, 9)  # the first half of the records: first in the folder, first named
-    assert f"training runs on AMD EPYC ({n_amd}), {here} ({n_here}); timing on {here}." in line
+    assert f"training runs on AMD EPYC ({n_amd}), {here} ({n_here}); timing on {here}; its last run ran on {here}." \
+        in line

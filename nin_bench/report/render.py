@@ -15,6 +15,7 @@ from nin_bench.report import (
     sections,
     tables,
     timing_check,
+    tuning,
 )
 from nin_bench.report.document import Doc, to_html, to_markdown
 from nin_bench.report.encoding import encode
@@ -163,6 +164,10 @@ def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -
             if factorial:
                 doc.p(factorial)
         _add(doc, drawn.get("answer", []))
+        if tuning.swept_axes(run):
+            doc.p("This suite sweeps a training setting: the test accuracies above choose nothing; the choice is "
+                  "made on validation accuracy in the next section.")
+            tuning.add_section(doc, run)
     else:
         doc.p(sections.size_answer(table))
     doc.h(2, "What was run")

@@ -1,6 +1,7 @@
 """Report text generated from the data: what was run, the answer, notes on tables, failures."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -73,8 +74,9 @@ def protocol_line(run: Run) -> str:
     aug = protocol.augment_text(protocol.augmentation(run.stage("train"), c, datasets))
     model = protocol.model_settings(c)
     epochs = tr.get("epochs", "?")
+    lr = "lr per variant (the grid's `train.lr`)" if "train.lr" in (c.get("grid") or {}) else f"lr {tr.get('lr', '?')}"
     train = [f"training {epochs} epoch{'' if epochs == 1 else 's'}", f"batch {tr.get('batch_size', '?')}",
-             f"lr {tr.get('lr', '?')} ({tr.get('schedule', '?')})", aug]
+             f"{lr} ({tr.get('schedule', '?')})", aug]
     if tr.get("subset"):
         train.append(f"training subset {tr['subset']}")
     parts = [f"**Protocol:** {run_protocol(run) or '?'}", f"stages {', '.join(map(str, stages))}",
@@ -95,7 +97,7 @@ def machines_line(run: Run) -> str | None:
     machine measured everything."""
     train, timing = run.stage("train"), run.stage("timing")
     names = {str(n) for df in (train, timing) if "device_name" in df for n in df["device_name"].dropna()}
-    if len(names) < 2:
+    if not names or names == {run.manifest.get("device_name")}:
         return None
     parts = []
     if "device_name" in train:
@@ -103,10 +105,11 @@ def machines_line(run: Run) -> str | None:
         parts.append("training runs on " + ", ".join(f"{n} ({c})" for n, c in counts.items()))
     if "device_name" in timing:
         parts.append("timing on " + ", ".join(dict.fromkeys(timing["device_name"].astype(str))))
+    last = run.manifest.get("device_name", "?")
     return ("**Machines:** this folder was measured over several runs on more than one machine of its kind: "
-            + "; ".join(parts) + ". Accuracies pool over them; speeds are compared only within one machine "
-            "(a run continuing on another CPU model re-times every variant), and each training run's epoch times "
-            "are its own machine's.")
+            + "; ".join(parts) + f"; its last run ran on {last}. Accuracies pool over them; speeds are compared "
+            "only within one machine (a run continuing on another CPU model re-times every variant), and each "
+            "training run's epoch times are its own machine's.")
 
 
 def what_was_run(run: Run) -> list[str]:
@@ -150,7 +153,10 @@ def what_was_run(run: Run) -> list[str]:
     if m.get("command"):
         items.append(f"**Command** (its last invocation on this folder): `{m['command']}`.")
     grid = "; ".join(f"`{k}` ∈ {v}" for k, v in (c.get("grid") or {}).items())
-    items.append(f"**Grid:** {grid or fmt.NA}; {len(run.variants)} variants.")
+    planned = math.prod(len(v) for v in (c.get("grid") or {}).values() if isinstance(v, list)) \
+        * max(1, len(c.get("variants") or []))
+    with_records = "" if planned == len(run.variants) else f" ({len(run.variants)} with records so far)"
+    items.append(f"**Grid:** {grid or fmt.NA}; {planned} variants{with_records}.")
     return items
 
 

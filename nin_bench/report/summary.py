@@ -13,8 +13,11 @@ import pandas as pd
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import latest_per_key
 
+# Training settings a grid may sweep (`train.lr`, `train.epochs`): a variant's value is its training record's (an
+# epoch record's `lr` is the scheduled lr of that epoch, the final record's the peak lr the suite set).
+TRAIN_AXES = ["lr", "epochs"]
 AXES = ["preset", "n_1x1", "head", "dropout", "head_dropout", "width", "batchnorm", "dataset", "in_channels", "input_size",
-        "num_classes"]
+        "num_classes", *TRAIN_AXES]
 PROFILE_COLS = ["params", "macs", "flops_fwd", "flops_fwd_bwd"]
 TIMING_COLS = ["device", "dtype", "channels_last", "compile", "batch_size", "fwd_batch_size", "fwd_img_per_s",
                "fwd_ms_median", "mfu_fwd", "train_batch_size", "train_img_per_s", "train_ms_median", "mfu_train"]
@@ -120,7 +123,9 @@ def _variant_row(variant: str, rows: list[dict[str, Any]], reference_batch_size:
     for r in rows:
         by_stage.setdefault(r.get("stage", ""), []).append(r)
     row: dict[str, Any] = {"variant": variant}
-    row.update({k: rows[0].get(k) for k in AXES})
+    row.update({k: rows[0].get(k) for k in AXES if k not in TRAIN_AXES})
+    final = next((r for r in by_stage.get("train", []) if r.get("status") == "ok"), {})
+    row.update({k: final.get(k) for k in TRAIN_AXES})
     prof = next((r for r in by_stage.get("profile", []) if r.get("status") == "ok"), {})
     row.update({k: prof.get(k) for k in PROFILE_COLS})
     row.update(_timing_fields(by_stage.get("timing", []), reference_batch_size))
