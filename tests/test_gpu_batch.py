@@ -81,6 +81,25 @@ def test_a_timing_unit_cut_by_the_deadline_keeps_its_rounds_and_goes_on_next_tim
     assert rd.timing_checkpoints() == []
 
 
+def test_a_training_estimate_counts_the_epochs_evaluation_passes():
+    """Without recorded epochs: (training images + a third of the evaluated images) x epochs / train-step img/s,
+    x 1.25, + 5 s. Here 600 training images, 200 validation + 600 (train_eval_size 5,000 capped at the training
+    images) evaluated, 2 epochs, 100 img/s: (600 + 800 / 3) x 2 / 100 x 1.25 + 5 = 26.67 s."""
+    from nin_bench.run.budget import estimate_s
+    from nin_bench.run.unit import Unit
+
+    cfg = _cfg(train={**RAW["train"], "epochs": 2})
+    v = expand_grid(cfg)[0]
+    ctx = types.SimpleNamespace(dataset=lambda _v: types.SimpleNamespace(train_x=types.SimpleNamespace(shape=(800,))),
+                                device="cpu")
+    row = {"variant": v.id, "stage": "timing", "status": "ok", "mode": "train_step", "batch_size": 64,
+           "dtype": "fp32", "channels_last": True, "compile": False, "img_per_s": 100.0}
+    est = estimate_s(Unit(v, "train", 0), ctx, [row], Budget())
+    assert est == pytest.approx((600 + 800 / 3) * 2 / 100 * 1.25 + 5)
+    assert estimate_s(Unit(v, "train", 0), ctx, [row], Budget(slowdown=2.0)) == pytest.approx(
+        (600 + 800 / 3) * 2 / 100 * 1.25 * 2 + 5)
+
+
 @needs_data
 def test_a_training_unit_estimated_past_the_deadline_is_not_started(tmp_path):
     cfg = _cfg(stages=["train"], seeds=[0])

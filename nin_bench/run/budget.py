@@ -24,6 +24,9 @@ from nin_bench.store.records import latest_per_key
 # 0.8-0.95); the fixed part covers the model build, data split, test pass and GAP maps.
 TRAIN_SAFETY = 1.25
 TRAIN_FIXED_S = 5.0
+# Each epoch also evaluates the validation images and the fixed training sample (`train_eval_size`): a forward
+# pass per image, about a third of a train step's cost (the backward pass is about twice the forward).
+EVAL_COST = 1 / 3
 # A timing setting costs warm-up + repeats iterations plus synchronisation and a profiled layer pass: 1.5x.
 TIMING_SAFETY = 1.5
 
@@ -75,8 +78,8 @@ def estimate_s(unit: Unit, ctx: RunContext, records: list[dict[str, Any]], budge
 
 
 def _train_estimate(unit: Unit, ctx: RunContext, records: list[dict[str, Any]], budget: Budget) -> float:
-    """Recorded epoch times of this variant (any seed) x epochs, else images x epochs / train-step img/s x
-    TRAIN_SAFETY; both x the packing slowdown, plus TRAIN_FIXED_S."""
+    """Recorded epoch times of this variant (any seed) x epochs, else (training images + EVAL_COST x evaluated
+    images) x epochs / train-step img/s x TRAIN_SAFETY x the packing slowdown; both plus TRAIN_FIXED_S."""
     v = unit.variant
     tr = v.config.train
     epochs = [r["epoch_time_s"] for r in latest_per_key(records)
@@ -87,7 +90,9 @@ def _train_estimate(unit: Unit, ctx: RunContext, records: list[dict[str, Any]], 
     images = min(n, tr.subset) if tr.subset is not None else n
     rows = [r for r in [*records, *budget.extra_timing] if r.get("variant") == v.id and r.get("stage") == "timing"]
     img_per_s = reference_train_step(v, ctx, rows)
-    return images * tr.epochs / img_per_s * TRAIN_SAFETY * budget.slowdown + TRAIN_FIXED_S
+    evaluated = tr.val_size + min(tr.train_eval_size, images)
+    return ((images + EVAL_COST * evaluated) * tr.epochs / img_per_s * TRAIN_SAFETY * budget.slowdown
+            + TRAIN_FIXED_S)
 
 
 def _timing_estimate(unit: Unit, records: list[dict[str, Any]]) -> float | None:
