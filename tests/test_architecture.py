@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "nin_bench"
 # Layer of each top-level part, lowest first; a part may import only parts of a lower layer (and itself).
 LAYER = {
-    "errors": 0,
+    "errors": 0, "version": 0,
     "store": 1,  # results folder, records, the record schema
     "suite": 2,  # config schema, suite files, presets, variants
     "report": 3, "runtime": 2,  # tables and figures from stored records | device, precision, compile, train step
@@ -20,7 +20,7 @@ LAYER = {
     "cli": 6,
     "__main__": 7, "__init__": 7,
 }
-TORCH_FREE = {"errors", "suite", "store", "report"}
+TORCH_FREE = {"errors", "version", "suite", "store", "report"}
 TORCH = ("torch", "torchvision", "fvcore")
 
 

@@ -220,6 +220,23 @@ def test_manifest_carries_cuda_keys_null_on_the_cpu():
     assert m["torch_cuda_build"] == torch.version.cuda and m["cuda_fallback"] == "no driver"
 
 
+def test_manifest_names_the_version_of_a_source_tree_that_is_not_installed(monkeypatch):
+    """A lent GPU runs the source tree without installing it: the manifest still names nin_bench's version."""
+    import importlib.metadata as md
+
+    from nin_bench.run import manifest
+
+    assert build_manifest(device="cpu", device_name="cpu", threads=1, protocol="cpu")["nin_bench_version"] == "0.1.0"
+
+    def not_installed(dist):
+        if dist == "nin_bench":
+            raise md.PackageNotFoundError(dist)
+        return "1.0"
+
+    monkeypatch.setattr(manifest.md, "version", not_installed)
+    assert build_manifest(device="cpu", device_name="cpu", threads=1, protocol="cpu")["nin_bench_version"] == "0.1.0"
+
+
 def test_cuda_fallback_is_named_on_a_cuda_build_without_a_device():
     reason = device.cuda_fallback_reason()
     if torch.cuda.is_available() or torch.version.cuda is None:

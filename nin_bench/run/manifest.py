@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from nin_bench.version import __version__
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -98,7 +100,8 @@ def build_manifest(*, device: str, device_name: str, threads: int, protocol: str
 
     commit, dirty = git_state(Path(__file__).resolve().parents[2])  # the checkout holding the package
     return {
-        "nin_bench_version": _version("nin_bench"),
+        # installed or not (a lent GPU runs the source tree without installing it): the package's own version
+        "nin_bench_version": _version("nin_bench") or __version__,
         "python_version": platform.python_version(),
         "torch_version": _version("torch"),
         "torchvision_version": _version("torchvision"),
