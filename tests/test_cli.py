@@ -30,14 +30,31 @@ def nin(*args, cwd=ROOT):
     ("name: t\ngrid: {model.n_1x1: [0]}\nprofile: {backward: true}\n", "'profile' section was removed"),
     ("name: t\ngrid: {model.n_1x1: [0]}\nprotocols: [nope]\n", "unknown protocol 'nope'; built-in: cpu_converged, cpu_short"),
 ])
-def test_malformed_config_exits_2_with_one_line(tmp_path, text, needle):
+def test_malformed_config_exits_2_with_one_line(tmp_path, capfd, text, needle):
+    """In this process (`main` returns the exit code; capfd sees what reaches fd 2): a `python -m nin_bench run`
+    costs ~6 s of imports each. The exit status through the interpreter is the next test's."""
+    from nin_bench.cli import main
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
+    capfd.readouterr()
+    code = main(["run", str(cfg), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert needle in err
+
+
+def test_malformed_config_exits_2_with_one_line_from_the_interpreter(tmp_path):
+    """The same through `python -m nin_bench run`: exit status 2, one stderr line, no traceback."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\ngrid: {model.n_1x1: [0]}\nstages: [profile, bake]\n")
     res = nin("run", str(cfg), "--out", str(tmp_path / "out"), "--no-progress")
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    assert needle in res.stderr
+    assert "unknown stage 'bake'" in res.stderr
 
 
 def test_unreadable_and_missing_files(tmp_path):
@@ -71,12 +88,15 @@ def test_list_prints_the_grid(tmp_path):
     assert "nin_cifar-n1x1_2-gap-do0.5" in res.stdout
 
 
-def test_inspect_preset_prints_layer_table():
-    res = nin("inspect", "nin_cifar")
-    assert res.returncode == 0, res.stderr
-    assert "966,986" in res.stdout or "966986" in res.stdout
-    res = nin("inspect", "resnet50")
-    assert res.returncode == 2 and "neither a preset" in res.stderr
+def test_inspect_preset_prints_layer_table(capfd):
+    """In this process: what is checked is the table and the refusal, not the interpreter around them."""
+    from nin_bench.cli import main
+
+    assert main(["inspect", "nin_cifar"]) == 0
+    out, _ = capfd.readouterr()
+    assert "966,986" in out or "966986" in out
+    assert main(["inspect", "resnet50"]) == 2
+    assert "neither a preset" in capfd.readouterr().err
 
 
 def _fixed_ceilings(monkeypatch) -> None:
@@ -103,8 +123,9 @@ def test_inspect_time_prints_the_per_layer_time_table(monkeypatch, capfd, tmp_pa
     names = {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]}
     assert {"layer::features.block1.conv1", "layer::head.gap", "model::forward", "iter::0"} <= names
     assert main(["inspect", "nin_cifar", "--trace", str(trace)]) == 2  # a trace is of the timed forward
-    res = nin("inspect", "nin_cifar", "--time", "--batch", "0")
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    capfd.readouterr()
+    assert main(["inspect", "nin_cifar", "--time", "--batch", "0"]) == 2
+    assert len(capfd.readouterr().err.strip().splitlines()) == 1
 
 
 def test_run_keeps_its_command_line_in_the_manifest_and_the_report(tmp_path):
@@ -195,15 +216,23 @@ def _image_folder(root: Path, per_class: dict[str, int]) -> None:
                 Image.new("RGB", (16, 16), shade).save(root / split / c / f"{i}.png")
 
 
-def test_quick_never_turns_a_valid_suite_invalid(tmp_path):
-    """240 images with val_size 30: --quick keeps the suite's 30 (its own 1000 would leave no training image)."""
+def test_quick_never_turns_a_valid_suite_invalid(tmp_path, monkeypatch, capfd, no_figures):
+    """240 images with val_size 30: --quick keeps the suite's 30 (its own 1000 would leave no training image).
+    In this process (what --quick resolves to is checked, not the interpreter), its report without figures."""
+    from nin_bench.cli import main
+
     _image_folder(tmp_path / "imgs", {"train": 100, "test": 20})
     (tmp_path / "s.yaml").write_text(
         "name: tiny\ngrid: {model.n_1x1: [0]}\nstages: [train]\nmodel: {width: 0.125}\n"
         f"data: {{dataset: imagefolder, path: {tmp_path / 'imgs'}}}\n"
         "train: {val_size: 30, epochs: 2, batch_size: 32, eval_batch_size: 64, time_to_acc: []}\n")
-    res = nin("run", "s.yaml", "--quick", "--stages", "train", "--no-progress", "--out", "out", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    monkeypatch.chdir(tmp_path)
+    threads = __import__("torch").get_num_threads()
+    try:
+        code = main(["run", "s.yaml", "--quick", "--stages", "train", "--no-progress", "--out", "out"])
+    finally:
+        __import__("torch").set_num_threads(threads)  # the run sets the process's thread count
+    assert code == 0, capfd.readouterr().err
     rows = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.get("stage") == "train"]
     assert train and all(r["status"] == "ok" for r in train), train

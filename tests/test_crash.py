@@ -5,7 +5,10 @@ process SIGKILLs itself the n-th time it reaches an event, exactly as `kill -9` 
 the folder is in the state that instant leaves, and go on: each test kills a run of one folder several times in a
 row (each kill also tests how the run before it was resumed), then runs the same command unarmed and checks
 every unit is recorded exactly once with the numbers of an uninterrupted run (the CPU is bit-reproducible at a
-fixed thread count). One kill comes from outside, when the first checkpoint appears on disk. The instants:
+fixed thread count). One kill comes from outside, when the first checkpoint appears on disk. The reference run,
+the outside kill and the two racing runs are real `python -m nin_bench` processes; the runs killed at a crash
+point and the resumes are children forked from the test process (`forked_cli`), which skip the ~8 s of imports a
+fresh interpreter pays and must still reproduce the reference's numbers. The instants:
 
     mid-epoch, between two checkpoints          train:step:<n>
     after an epoch's checkpoint of a seed       checkpoint:saved:<n>
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import forked_cli
 import numpy as np
 import pytest
 import torch
@@ -33,8 +37,10 @@ from nin_bench.store.crash_points import ENV as CRASH_AT
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import record_key
 
-pytestmark = pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"),
-                                reason="set NIN_BENCH_DATA (CI: ../shared/data)")
+pytestmark = [pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"),
+                                 reason="set NIN_BENCH_DATA (CI: ../shared/data)"),
+              # no test here checks a figure: a forked run's report (it inherits the stand-in) draws none
+              pytest.mark.usefixtures("no_figures")]
 
 SEEDS, EPOCHS, STEPS = (0, 1), 3, 8  # 512 training images at batch 64: 8 optimisation steps an epoch
 SUITE = f"""
@@ -75,8 +81,13 @@ def _cmd(suite: Path, out: Path) -> list[str]:
             "--device", "cpu", "--no-progress"]
 
 
-def _run(suite: Path, out: Path, env: dict[str, str], crash_at: str | None = None) -> subprocess.CompletedProcess:
+def _run(suite: Path, out: Path, env: dict[str, str], crash_at: str | None = None,
+         forked: bool = True) -> subprocess.CompletedProcess:
+    """The command, by default in a child forked from this process (`forked_cli`: the CLI's `main` without ~8 s
+    of imports per run; killed and resumed the same); `forked=False` starts `python -m nin_bench` itself."""
     env = {**env, CRASH_AT: crash_at} if crash_at else env
+    if forked:
+        return forked_cli.run(_cmd(suite, out)[3:], env, timeout=600)
     return subprocess.run(_cmd(suite, out), env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -109,7 +120,7 @@ def _outcome(rd: ResultsDir) -> dict[str, Any]:
 def reference(tmp_path_factory: pytest.TempPathFactory, suite: Path, env: dict[str, str]) -> dict[str, Any]:
     """The uninterrupted run: its numbers and its variant id."""
     rd = ResultsDir(tmp_path_factory.mktemp("reference"))
-    done = _run(suite, rd.root, env)
+    done = _run(suite, rd.root, env, forked=False)  # a real interpreter: the forked runs must give its numbers
     assert done.returncode == 0, done.stderr[-3000:]
     return {"numbers": _outcome(rd), "variant": rd.read_records()[0]["variant"]}
 

@@ -150,7 +150,9 @@ def test_fp16_timing_row_and_training_run_with_the_scaler(fashion):
     row = time_model(_tiny(), SHAPE, mode="train_step", batch_size=4, device="cpu", dtype="fp16", warmup=1,
                      repeats=3)
     assert row["dtype"] == "fp16" and row["img_per_s"] > 0
-    result = _train_tiny(fashion, epochs=1, dtype="fp16")
+    # fp16 on the CPU runs ~20x slower than fp32 (~30 ms an image here): 256 images in 16 steps of 16, not
+    # TINY's 2,000, still lift the tiny model to 0.415 (measured with torch 2.14.1; 2,000 images gave 0.56)
+    result = _train_tiny(fashion, epochs=1, dtype="fp16", subset=256, batch_size=16, lr=0.05)
     assert result.final["grad_scaler"] is True and result.final["status"] == "ok"
     assert result.final["test_acc"] > 0.3  # chance is 0.1
 

@@ -29,7 +29,7 @@ RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
        "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
        "grid": {"model.n_1x1": [1]},
        "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3}, "threads": 1,
-       "train": {"epochs": 2, "subset": 2000, "val_size": 500, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
+       "train": {"epochs": 2, "subset": 800, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
                  "warmup_epochs": 0.0, "augment": "none"}}
 
 
@@ -80,7 +80,7 @@ model: {width: 0.125, batchnorm: true, dropout: 0.0}
 data: {dataset: fashion_mnist}
 grid: {model.n_1x1: [1]}
 timing: {batch_sizes: [2, 8], reference_batch_size: 8, warmup: 1, repeats: 3}
-train: {epochs: 3, subset: 2000, val_size: 500, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
+train: {epochs: 3, subset: 800, val_size: 200, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
         augment: none}
 """
 
