@@ -10,6 +10,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "compile: pays for real inductor compiles (20-40 s each on 2 cores)")
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Each test ends with torch's thread count as it began: a run in-process sets its config's `threads` (often
+    1) and leaves it set, which would slow (or change the fork-safety of) the tests after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 # The smallest valid PNG (1x1 grey): what `no_figures` writes in place of a drawn figure.
 _PIXEL_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010800000000"
                            "3a7e9b550000000a49444154789c63600000000200015d0f0b2e0000000049454e44ae426082")

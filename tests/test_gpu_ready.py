@@ -44,12 +44,12 @@ def eager_backend(monkeypatch):
     monkeypatch.setattr(compiled, "BACKEND", "eager")
 
 
-def _train_tiny(ds, dropout: float = 0.0, **overrides):
+def _train_tiny(ds, dropout: float = 0.0, n_1x1: int = 2, **overrides):
     """The tiny grey-input NiN trained on `ds` with TINY settings plus `overrides` (seeded as the runner seeds)."""
     from nin_bench.train.loop import train_model
 
     torch.manual_seed(0)
-    model = build_model("nin_cifar", width=0.125, batchnorm=True, in_channels=1, dropout=dropout)
+    model = build_model("nin_cifar", n_1x1=n_1x1, width=0.125, batchnorm=True, in_channels=1, dropout=dropout)
     return train_model(model, ds, TrainSettings(**{**TINY, **overrides}), device="cpu", seed=0, progress=False)
 
 
@@ -169,17 +169,20 @@ def test_compile_warm_up_leaves_the_run_bit_identical_and_bills_no_epoch(eager_b
 
 @pytest.mark.compile
 def test_inductor_training_matches_eager_within_a_point(fashion):
-    plain, comp = _train_tiny(fashion), _train_tiny(fashion, compile=True)
+    # without 1x1 convs: the same capture, warm-up and graph count for about half the C++ code to compile
+    # (measured on a cold inductor cache, 2 cores: 95 s for this pair against 169 s with two 1x1 convs)
+    plain, comp = _train_tiny(fashion, n_1x1=0), _train_tiny(fashion, n_1x1=0, compile=True)
     assert comp.final["late_graphs"] == 0 and comp.final["compiled_graphs"] == 3
     assert comp.final["compile_s"] > 0
-    # inductor fuses and reorders reductions, so the 62 steps drift apart a little: measured 0.705 vs 0.695 on
-    # these 1,000 test images (10 images); a point or two is the expected spread of so short a run
+    # inductor fuses and reorders reductions, so the 62 steps drift apart a little: measured 0.720 vs 0.719 on
+    # these 1,000 test images (with two 1x1 convs 0.705 vs 0.695); a point or two is the expected spread of so
+    # short a run
     assert abs(comp.final["test_acc"] - plain.final["test_acc"]) <= 0.02
 
 
 @pytest.mark.compile
 def test_inductor_timing_row_is_really_compiled():
-    row = time_model(_tiny(), SHAPE, mode="forward", batch_size=4, device="cpu", compile=True, warmup=1,
+    row = time_model(_tiny(n_1x1=0), SHAPE, mode="forward", batch_size=4, device="cpu", compile=True, warmup=1,
                      repeats=3)
     assert row["compiled_graphs"] == 1 and row["graph_breaks"] == 0
     # the first call holds the compile (or inductor's on-disk cache load): longer than a compiled iteration

@@ -123,14 +123,18 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_units(tmp_path):
     _check_once(out)
 
 
-def test_without_ray_the_executor_exits_2_with_one_line(tmp_path):
+def test_without_ray_the_executor_exits_2_with_one_line(tmp_path, monkeypatch, capfd):
+    """In this process (the refusal comes before any import of Ray): a Python where Ray is not installed, as
+    find_spec sees it."""
+    import importlib.util
+
+    from nin_bench.cli import main
+
     (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
-    # a Python where Ray is not installed, as find_spec sees it
-    code = ("import importlib.util, sys; real = importlib.util.find_spec; "
-            "importlib.util.find_spec = lambda n, *a: None if n == 'ray' else real(n, *a); "
-            "from nin_bench.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "run", str(tmp_path / "suite.yaml"), "--executor", "ray",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ray" else real(n, *a))
+    code = main(["run", str(tmp_path / "suite.yaml"), "--executor", "ray", "--out", str(tmp_path / "out")])
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert code == 2
     assert len(lines) == 1 and "pip install" in lines[0] and "[ray]" in lines[0]
+    assert not (tmp_path / "out").exists()
