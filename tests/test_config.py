@@ -75,6 +75,8 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     new pilot_lr.yaml was added as it first resolved. head.yaml and dropout.yaml then named the converged CPU
     protocol (cpu_converged: 15 epochs on the whole training split, `seeds: auto` from 3 to 5) in place of
     cpu_short, so that their CPU answers come from models that overfit (their entries were regenerated).
+    When results/pilot_lr had chosen the lr (0.2, unchanged), cpu_converged's note said so in place of "0.2
+    stands until it has" (the note, and nothing else, patched into their entries).
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]
