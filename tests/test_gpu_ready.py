@@ -167,8 +167,20 @@ def test_compile_warm_up_leaves_the_run_bit_identical_and_bills_no_epoch(eager_b
     assert comp.final["compiled_graphs"] == 3 and comp.final["late_graphs"] == 0
 
 
+@pytest.fixture
+def scalar_inductor():
+    """Real inductor code generation and C++ compiles, without the CPU SIMD variants of the kernels: what these
+    tests check (capture, warm-up, graph counts, results) is the same, and a cold cache compiles in about half
+    the time (measured on 2 cores: 26 s against 46 s for the training test's 23 kernels). The CUDA path does
+    not use inductor's C++ kernels at all."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"cpp.vec_isa_ok": False}):
+        yield
+
+
 @pytest.mark.compile
-def test_inductor_training_matches_eager_within_a_point(fashion):
+def test_inductor_training_matches_eager_within_a_point(fashion, scalar_inductor):
     # without 1x1 convs: the same capture, warm-up and graph count for about half the C++ code to compile
     # (measured on a cold inductor cache, 2 cores: 95 s for this pair against 169 s with two 1x1 convs)
     plain, comp = _train_tiny(fashion, n_1x1=0), _train_tiny(fashion, n_1x1=0, compile=True)
@@ -181,7 +193,7 @@ def test_inductor_training_matches_eager_within_a_point(fashion):
 
 
 @pytest.mark.compile
-def test_inductor_timing_row_is_really_compiled():
+def test_inductor_timing_row_is_really_compiled(scalar_inductor):
     row = time_model(_tiny(n_1x1=0), SHAPE, mode="forward", batch_size=4, device="cpu", compile=True, warmup=1,
                      repeats=3)
     assert row["compiled_graphs"] == 1 and row["graph_breaks"] == 0
