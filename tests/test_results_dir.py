@@ -130,7 +130,10 @@ def test_refused_in_the_window_before_the_holder_writes_its_line_still_names_it(
 
 
 @pytest.mark.parametrize("command", [["run", "CONFIG", "--stages", "profile"], ["report"]])
-def test_cli_on_a_folder_in_use_exits_2_with_one_line(tmp_path, command):
+def test_cli_on_a_folder_in_use_exits_2_with_one_line(tmp_path, command, capfd):
+    """The holder is another process; the refused command runs in this one (`main`, as `python -m` calls it)."""
+    from nin_bench.cli import main
+
     (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
     out = tmp_path / "out"
     out.mkdir()
@@ -139,13 +142,14 @@ def test_cli_on_a_folder_in_use_exits_2_with_one_line(tmp_path, command):
     try:
         args = [a.replace("CONFIG", str(tmp_path / "suite.yaml")) for a in command]
         args += ["--out", str(out)] if command[0] == "run" else [str(out)]
-        cli = subprocess.run([sys.executable, "-m", "nin_bench", *args], capture_output=True, text=True,
-                             timeout=120)
+        capfd.readouterr()
+        code = main(args)
+        err = capfd.readouterr().err
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert cli.returncode == 2, cli.stderr
-    lines = cli.stderr.strip().splitlines()
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and str(out) in lines[0] and f"pid {proc.pid}" in lines[0]
 
 
