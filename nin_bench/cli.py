@@ -27,6 +27,10 @@ from nin_bench.store.schema import STAGES
 EXIT_USAGE = 2
 
 
+NO_FIGURES_HELP = ("write the report's text and tables without drawing its figures (seconds faster; the report "
+                   "says they were not drawn; `report` draws them later)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nin_bench", description="Network in Network ablation and benchmark suite.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -38,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: unit after unit in this process (default); ray: one Ray task per unit")
+    run.add_argument("--no-figures", action="store_true", help=NO_FIGURES_HELP)
     run.add_argument("--no-reuse", action="store_true",
                      help="train every unit here, even one another folder of the results root trained identically "
                           "(default: copy it from there, with reused_from on its records)")
@@ -66,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                           "ranges) to FILE, one file per variant (FILE-<variant>.json) for a suite of several")
     rep = sub.add_parser("report", help="(re)build report.md/html, tables and figures from stored records")
     rep.add_argument("results_dir", type=Path)
+    rep.add_argument("--no-figures", action="store_true", help=NO_FIGURES_HELP)
     cmp = sub.add_parser("compare", help="B against A: what differs, every shared timing row's B ÷ A time and "
                                          "every shared variant's B − A accuracy, with 95 %% CIs (read-only)")
     cmp.add_argument("dir_a", type=Path, help="results folder A (the reference)")
@@ -131,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or ResultsDir.for_suite(cfg.name).root
     run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
               ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation,
-              reuse=not args.no_reuse)
+              reuse=not args.no_reuse, figures=not args.no_figures)
     return 0
 
 
@@ -189,7 +195,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not rd.records.exists():
         raise FileNotFoundError(f"no {rd.records.name} in {rd.root}: run `python -m nin_bench run CONFIG` first")
     with rd.lock("report"):
-        print(rebuild(rd))
+        print(rebuild(rd, figures=not args.no_figures))
     return 0
 
 

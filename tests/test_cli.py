@@ -207,6 +207,19 @@ def test_light_commands_never_import_torch(tmp_path):
     assert res.returncode == 0 and "36 rows joined: 0 slower, 0 faster, 36 not resolved (~)" in res.stdout, res.stderr
 
 
+def test_no_figures_writes_the_text_and_tables_only(tmp_path):
+    """`report --no-figures` (and `run --no-figures`, which the crash and Ray tests use): no figure drawn, the
+    report says so and links none; the tables are written as ever."""
+    from nin_bench.cli import main
+
+    folder = tmp_path / "d2l"
+    shutil.copytree(ROOT / "results" / "d2l", folder, ignore=shutil.ignore_patterns("figures", "report.*", "tables.*"))
+    assert main(["report", str(folder), "--no-figures"]) == 0
+    md = (folder / "report.md").read_text()
+    assert not (folder / "figures").exists() and (folder / "tables.csv").is_file()
+    assert "**Figures not drawn** (`--no-figures`)" in md and "![" not in md and "## Figures" not in md
+
+
 def _image_folder(root: Path, per_class: dict[str, int]) -> None:
     """A tiny image tree of 16x16 PNGs: train/<class>/ and test/<class>/, each class a different colour."""
     from PIL import Image

@@ -78,7 +78,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cmd(suite: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "nin_bench", "run", str(suite), "--stages", "train", "--out", str(out),
-            "--device", "cpu", "--no-progress"]
+            "--device", "cpu", "--no-progress", "--no-figures"]
 
 
 def _run(suite: Path, out: Path, env: dict[str, str], crash_at: str | None = None,

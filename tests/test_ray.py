@@ -87,7 +87,7 @@ train: {epochs: 3, subset: 800, val_size: 200, batch_size: 64, lr: 0.1, schedule
 
 def _cmd(suite, out):
     return [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
-            "--no-progress", "--executor", "ray"]
+            "--no-progress", "--no-figures", "--executor", "ray"]
 
 
 def _check_once(out):

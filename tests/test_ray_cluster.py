@@ -109,7 +109,7 @@ def cluster():
 
 def _run(suite: Path, out: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
-           "--no-progress", "--executor", "ray", *extra]
+           "--no-progress", "--no-figures", "--executor", "ray", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd="/")
 
 
@@ -210,7 +210,7 @@ def test_a_worker_node_killed_mid_training_is_retried_on_the_head_and_resumes(cl
     suite, out = tmp_path / "suite.yaml", tmp_path / "out"
     suite.write_text(KILL_SUITE)
     cmd = [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
-           "--no-progress", "--executor", "ray", "--ray-address", "auto"]
+           "--no-progress", "--no-figures", "--executor", "ray", "--ray-address", "auto"]
     proc = subprocess.Popen(cmd, env=cluster.driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd="/")
     killed, deadline, seen = False, time.time() + 240, set()

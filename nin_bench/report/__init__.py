@@ -13,12 +13,13 @@ from nin_bench.store.folder import ResultsDir
 __all__ = ["build_report", "rebuild"]
 
 
-def rebuild(results_dir: Path | ResultsDir) -> Path:
+def rebuild(results_dir: Path | ResultsDir, figures: bool = True) -> Path:
     """Rewrite summary.csv and the report of a results folder from its stored records (what `run` ends with and
     what `report` does).
 
     Args:
         results_dir: a results folder (path or `ResultsDir`).
+        figures: draw the figures (False: the report's text and tables only, saying the figures were not drawn).
 
     Returns:
         Path of report.md.
@@ -28,4 +29,4 @@ def rebuild(results_dir: Path | ResultsDir) -> Path:
     )
 
     write_summary(results_dir)
-    return build_report(results_dir)
+    return build_report(results_dir, figures=figures)

@@ -23,6 +23,9 @@ from nin_bench.report.load import Run, grid_axes, load_run, variant_label
 from nin_bench.report.ratios import TimingIndex
 from nin_bench.store.folder import ResultsDir
 
+NO_FIGURES = ("**Figures not drawn** (`--no-figures`): this report has its text and tables only; "
+              "`python -m nin_bench report <folder>` draws them.")
+
 
 def _labels(run: Run, with_dataset: bool = False) -> dict[str, str]:
     """variant id -> short label; with_dataset appends the data set (for a figure that mixes data sets)."""
@@ -135,13 +138,15 @@ def _timing_check_section(doc: Doc, run: Run, checks: list[timing_check.PairChec
     doc.p(loud or "Every pair times within 7 %: the timing passes its self-check.")
 
 
-def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -> tuple[Doc, pd.DataFrame, str]:
+def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None,
+                   figures_drawn: bool = True) -> tuple[Doc, pd.DataFrame, str]:
     """Build the report's content.
 
     Args:
         run: the loaded results folder.
         out: the results folder (figures go to its figures/).
         cmp: `comparisons.compare_run(run)` (computed when not given).
+        figures_drawn: draw the figures (False: none drawn, and the report says so).
 
     Returns:
         (document, full-precision table, LaTeX tables).
@@ -156,7 +161,7 @@ def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -
     if loud:
         doc.p(loud)
     doc.h(2, "Answer")
-    drawn = _figures(run, table, cmp, out)
+    drawn = _figures(run, table, cmp, out) if figures_drawn else {}
     if table["test_acc_mean"].notna().any():
         for ds, t in table.groupby("dataset", sort=False):
             doc.p(sections.answer_for(str(ds), t, cmp, margin))
@@ -189,6 +194,8 @@ def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -
     skipped = figures.not_drawn([f for figs in drawn.values() for f in figs])
     if skipped:
         doc.p(skipped)
+    if not figures_drawn:
+        doc.p(NO_FIGURES)
     doc.h(2, "Failed or diverged runs")
     fails = sections.failures(run.summary)
     if fails:
@@ -201,13 +208,14 @@ def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None) -
     return doc, table, tex
 
 
-def build_report(results_dir: Path | ResultsDir) -> Path:
+def build_report(results_dir: Path | ResultsDir, figures: bool = True) -> Path:
     """Write report.md, report.html, tables.csv, comparisons.csv, tables.tex and figures/ for a results folder.
 
     Reads only the stored records (never torch, never re-measures), so it can be re-run anywhere.
 
     Args:
         results_dir: a results folder (records.jsonl, config.resolved.yaml, manifest.json, maps/).
+        figures: draw the figures into figures/ (False: text and tables only; figures/ is left as it is).
 
     Returns:
         Path of report.md.
@@ -215,7 +223,7 @@ def build_report(results_dir: Path | ResultsDir) -> Path:
     out = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
     run = load_run(out)
     cmp = comparisons.compare_run(run)
-    doc, table, tex = build_document(run, out, cmp)
+    doc, table, tex = build_document(run, out, cmp, figures_drawn=figures)
     out.write(out.tables_csv, table.to_csv(index=False))
     out.write(out.comparisons_csv, cmp.to_csv(index=False))
     out.write(out.tables_tex, "% \\usepackage{booktabs}\n" + tex)

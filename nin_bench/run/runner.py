@@ -231,7 +231,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
               deadline: float | None = None, command: str | None = None,
               ceilings: Ceilings | None = None, order: str = "variant", pack: int = 1,
               budget: Budget | None = None, tally: Tally | None = None,
-              manifest_extra: dict[str, Any] | None = None, reuse: bool = False) -> Path:
+              manifest_extra: dict[str, Any] | None = None, reuse: bool = False, figures: bool = True) -> Path:
     """Run every unrecorded (variant, stage[, seed]) of a resolved suite, then write summary and report.
 
     Args:
@@ -260,6 +260,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         reuse: copy a training unit another folder of the same results root trained identically
             (`reuse.reuse_units`, with `reused_from` on its records) instead of training it again. Off unless
             asked for (`run` asks unless --no-reuse): a library caller's folders may sit beside unrelated ones.
+        figures: draw the report's figures (False: its text and tables only, `run --no-figures`).
 
     Returns:
         The path of the written report.
@@ -299,7 +300,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         if not units and rd.manifest.exists():  # nothing to measure: the folder's files stay as they were made
             if auto:
                 note_seeds_auto(rd, auto_outcome(records, variants, cfg, len(seeds), cut=False))
-            return finish(rd, log)
+            return finish(rd, log, figures)
         write_run_files(rd, cfg, manifest, protocol)
         preload_data(variants, cfg, ctx)
         ctx.ceilings = ceilings or run_ceilings(units, ctx.device, log, ctx.shape)
@@ -348,7 +349,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             manifest["seeds_auto"] = auto_outcome(records, variants, cfg, level, cut=cut)
             log(f"seeds: auto stopped at {level} seeds: {manifest['seeds_auto']['stopped']}")
         write_run_files(rd, cfg, manifest, protocol)
-        return finish(rd, log)
+        return finish(rd, log, figures)
 
 
 def run_passes(units: list[Unit], attempted: set[tuple], more: Callable[[set[tuple]], list[Unit]] | None,
@@ -459,12 +460,12 @@ def preload_data(variants: list[Variant], cfg: SuiteConfig, ctx: RunContext) -> 
             ctx.dataset(v)
 
 
-def finish(rd: ResultsDir, log: Log) -> Path:
-    """Write summary.csv and the report from the stored records."""
+def finish(rd: ResultsDir, log: Log, figures: bool = True) -> Path:
+    """Write summary.csv and the report (with its figures unless `figures` is False) from the stored records."""
     from nin_bench.report import rebuild
 
     try:
-        report = rebuild(rd)
+        report = rebuild(rd, figures=figures)
     except Exception as exc:  # the records are safe; say so rather than lose the run's exit status silently
         from nin_bench.store.records import error_text
 
