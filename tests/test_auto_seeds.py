@@ -73,7 +73,7 @@ def fake(monkeypatch):
 @pytest.fixture
 def no_report(monkeypatch):
     """Skip summary and report (2-3 s a run) in tests that read only records and manifest."""
-    monkeypatch.setattr(runner, "finish", lambda rd, log: rd.report_md)
+    monkeypatch.setattr(runner, "finish", lambda rd, log, figures=True: rd.report_md)
 
 
 def _run(cfg, out, **kw):
