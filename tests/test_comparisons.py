@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from synthetic_run import (
     ACC,
     HEAD_ACC,
@@ -85,6 +86,42 @@ def test_head_grid_answer_states_interaction_and_no_unresolved_winner(tmp_path: 
     assert "## What the seeds resolve" in md and "no predictions stored" in md
     pairs = pd.read_csv(tmp_path / "comparisons.csv").query("kind == 'pair'")
     assert len(pairs) == 6 and (pairs["delta_mean"] >= 0).all()
+
+
+def test_a_declared_interaction_equals_the_factorial_one_and_is_stated(tmp_path: Path, no_figures: None) -> None:
+    """(gap 0.5 − gap 0.0) − (fc 0.5 − fc 0.0) is the head × dropout interaction by another route: declared in
+    `report.interactions` it must give the factorial row's numbers, and the answer states it."""
+    root = make_head_grid(tmp_path)
+    config = yaml.safe_load((root / "config.resolved.yaml").read_text())
+    config["report"]["interactions"] = [{
+        "name": "dropout's gain, GAP minus FC",
+        "a": [{"model.head": "gap", "model.dropout": 0.5}, {"model.head": "gap", "model.dropout": 0.0}],
+        "b": [{"model.head": "fc", "model.dropout": 0.5}, {"model.head": "fc", "model.dropout": 0.0}]}]
+    validate({"name": "t", "grid": {"model.n_1x1": [0]}, "report": config["report"]})  # the schema takes it
+    (root / "config.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    c = compare_run(load_run(root))
+    dec = c[c["kind"] == "declared"].iloc[0]
+    fac = c[c["kind"] == "interaction"].iloc[0]
+    mean, lo, hi = hand_ci(list(acc("gap", 0.5) - acc("gap", 0.0) - acc("fc", 0.5) + acc("fc", 0.0)))
+    assert (dec["n"], dec["delta_mean"], dec["ci_lo"], dec["ci_hi"]) == (
+        3, pytest.approx(mean, rel=1e-9), pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+    assert [dec[k] for k in ("delta_mean", "ci_lo", "ci_hi", "p")] == pytest.approx(
+        [fac[k] for k in ("delta_mean", "ci_lo", "ci_hi", "p")], rel=1e-9)
+    assert dec["contrast"] == ("(head=gap, dropout=0.5 − head=gap, dropout=0.0) − "
+                               "(head=fc, dropout=0.5 − head=fc, dropout=0.0)")
+    answer = answer_of(build_report(root).read_text())
+    assert (f"**cifar10, declared interaction (`report.interactions`; a difference of two paired differences, "
+            f"paired by seed, 95 % CI):** dropout's gain, GAP minus FC: {dec['contrast']} = +6.33 pp "
+            f"[{lo * 100:+.2f}, {hi * 100:+.2f}] pp (resolved).") in answer
+
+
+def test_a_declared_interaction_takes_two_pairs_of_variants() -> None:
+    pair = [{"model.head": "gap"}, {"model.head": "fc"}]
+    grid = {"model.head": ["gap", "fc"]}
+    validate({"name": "t", "grid": grid, "report": {"interactions": [{"name": "x", "a": pair, "b": pair}]}})
+    with pytest.raises(ConfigError, match="interactions"):
+        validate({"name": "t", "grid": grid,
+                  "report": {"interactions": [{"name": "x", "a": pair + pair[:1], "b": pair}]}})
 
 
 def doctored(tmp_path: Path, n2_cifar: list[float]) -> str:

@@ -76,7 +76,9 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     protocol (cpu_converged: 15 epochs on the whole training split, `seeds: auto` from 3 to 5) in place of
     cpu_short, so that their CPU answers come from models that overfit (their entries were regenerated).
     When results/pilot_lr had chosen the lr (0.2, unchanged), cpu_converged's note said so in place of "0.2
-    stands until it has" (the note, and nothing else, patched into their entries).
+    stands until it has" (the note, and nothing else, patched into their entries). `report.interactions` (default
+    []) was added to every report section, head.yaml's with its one declared interaction (dropout's gain, GAP
+    minus FC): how the records are compared, not what is measured (the runner's fingerprint leaves `report` out).
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]

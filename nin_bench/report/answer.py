@@ -15,6 +15,7 @@ from nin_bench.report.stats import NORMAL_DIFF
 
 MAX_LISTED = 3  # unresolved pairs spelled out in an answer; the rest are in the section's table
 MAX_PAIR_ROWS = 15  # pairs shown per data set (6 variants); a larger grid shows those of the highest mean
+FACTORIAL_KINDS = ("main", "interaction", "simple")  # comparisons.factorial; "declared": report.interactions
 
 
 def _p(x: float) -> str:
@@ -223,7 +224,7 @@ def factorial_text(ds: str, cmp: pd.DataFrame) -> str | None:
         Main effects, the simple effects of a two-factor grid, and the interactions (all of them when there are at
         most three, else the resolved ones), each with its paired 95 % CI.
     """
-    f = cmp[(cmp["dataset"] == ds) & (cmp["kind"] != "pair")] if len(cmp) else pd.DataFrame()
+    f = cmp[(cmp["dataset"] == ds) & cmp["kind"].isin(FACTORIAL_KINDS)] if len(cmp) else pd.DataFrame()
     if f.empty:
         return None
     main, inter, simple = (f[f["kind"] == k] for k in ("main", "interaction", "simple"))
@@ -240,6 +241,18 @@ def factorial_text(ds: str, cmp: pd.DataFrame) -> str | None:
     if len(shown) < len(inter):
         text += f" The other {len(inter) - len(shown)} interactions are not resolved (table below)."
     return text
+
+
+def declared_text(ds: str, cmp: pd.DataFrame) -> str | None:
+    """The declared interactions (`report.interactions`) of one data set in words, each with its paired 95 % CI
+    (None when the suite declares none or their variants are not all trained here)."""
+    f = cmp[(cmp["dataset"] == ds) & (cmp["kind"] == "declared")] if len(cmp) else pd.DataFrame()
+    if f.empty:
+        return None
+    return (f"**{ds}, declared interaction{'s' if len(f) > 1 else ''} (`report.interactions`; a difference of two "
+            "paired differences, paired by seed, 95 % CI):** "
+            + " ".join(f"{r['at']}: {r['contrast']} = {_effect(r)}{' (resolved)' if r['resolved'] else ''}."
+                       for _, r in f.iterrows()))
 
 
 def _seeds_cell(r: pd.Series) -> str:
@@ -345,7 +358,8 @@ def add_section(doc: Doc, cmp: pd.DataFrame, margin: float) -> str:
         tex.append(tables.latex(header, rows, f"Pairwise comparisons on {ds} (paired by seed, Holm-adjusted)",
                                 f"tab:{ds}-pairs"))
         if len(f):
-            doc.h(3, f"{ds}: factorial effects")
+            doc.h(3, f"{ds}: factorial effects" if f["kind"].isin(FACTORIAL_KINDS).any() else
+                  f"{ds}: declared interactions")
             keep = f if f["factors"].str.count("×").max() < 2 and len(f) <= 16 else f[f["kind"] != "simple"]
             doc.table(*effect_rows(keep))
     return "\n".join(tex)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from nin_bench.report import inference
-from nin_bench.report.load import Run, baselines, grid_axes, variant_label
+from nin_bench.report.load import Run, baselines, grid_axes, matching_variant, variant_label
 from nin_bench.report.stats import seed_accuracies
 
 DEFAULT_MARGIN_PP = 1.0
@@ -253,6 +253,37 @@ def factorial(accs: dict[str, pd.Series], table: pd.DataFrame, levels: dict, ref
     return pd.DataFrame(rows)
 
 
+def declared(accs: dict[str, pd.Series], group: pd.DataFrame, config: dict[str, Any],
+             labels: dict[str, str]) -> pd.DataFrame:
+    """The declared interactions (`report.interactions`) of one data set: per seed every four variants have,
+    (a[0] − a[1]) − (b[0] − b[1]); the paired t statistics over those seeds.
+
+    Args:
+        accs: variant -> Series(seed -> accuracy).
+        group: the data set's summary rows.
+        config: resolved config.
+        labels: variant -> short label.
+
+    Returns:
+        Rows of kind "declared" (factors "declared", contrast in labels, at = the interaction's name, and the
+        columns of the factorial rows); none for an interaction whose variants are not all in this data set.
+    """
+    rows = []
+    for spec in (config.get("report") or {}).get("interactions") or []:
+        ids = [matching_variant(group, s) for s in (*spec["a"], *spec["b"])]
+        if any(v is None for v in ids):
+            continue
+        cells = {(i,): v for i, v in enumerate(ids)}
+        d = _contrast(cells, accs, {(0,): 1.0, (1,): -1.0, (2,): -1.0, (3,): 1.0})
+        t = inference.paired_test(d)
+        a0, a1, b0, b1 = (labels.get(v, v) for v in ids)
+        rows.append({"kind": "declared", "factors": "declared", "at": spec["name"],
+                     "contrast": f"({a0} − {a1}) − ({b0} − {b1})", "n": t.n, "delta_mean": t.mean,
+                     "delta_sd": t.sd, "ci_lo": t.lo, "ci_hi": t.hi, "p": t.p, "resolved": t.p < inference.ALPHA,
+                     "seeds_needed": math.nan if t.p < inference.ALPHA else inference.seeds_needed(t.mean, t.sd)})
+    return pd.DataFrame(rows)
+
+
 def compare_run(run: Run) -> pd.DataFrame:
     """Pairwise comparisons (with the per-image test) and factorial effects of every data set of a run.
 
@@ -260,8 +291,8 @@ def compare_run(run: Run) -> pd.DataFrame:
         run: the loaded results folder.
 
     Returns:
-        One table: `pairwise` rows (kind "pair", with a_label, b_label and the img_* columns of `per_image`)
-        and `factorial` rows, each with its dataset; empty when nothing was trained.
+        One table: `pairwise` rows (kind "pair", with a_label, b_label and the img_* columns of `per_image`),
+        `factorial` rows and `declared` interactions, each with its dataset; empty when nothing was trained.
     """
     s = run.summary
     accs = seed_accuracies(run.stage("train"))
@@ -281,7 +312,8 @@ def compare_run(run: Run) -> pd.DataFrame:
             pw.insert(3, "a_label", pw["a"].map(labels))
             pw.insert(4, "b_label", pw["b"].map(labels))
         fac = factorial(accs, *design(group, run.config, bases.get(str(ds))))
-        parts += [p.assign(dataset=str(ds)) for p in (pw, fac) if len(p)]
+        dec = declared(accs, group, run.config, labels)
+        parts += [p.assign(dataset=str(ds)) for p in (pw, fac, dec) if len(p)]
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)

@@ -106,15 +106,18 @@ def baselines(summary: pd.DataFrame, config: dict[str, Any]) -> dict[str, str | 
         data set's first variant in grid order when no baseline is configured; None when none matches.
     """
     spec = ((config.get("report") or {}).get("baseline")) or {}
-    out: dict[str, str | None] = {}
-    for ds, group in summary.groupby("dataset", sort=False):
-        match = group
-        for key, value in spec.items():
-            col = str(key).split(".")[-1]
-            if col in match:
-                match = match[match[col].map(lambda v, want=value: _same(v, want))]
-        out[str(ds)] = str(match["variant"].iloc[0]) if len(match) else None
-    return out
+    return {str(ds): matching_variant(group, spec) for ds, group in summary.groupby("dataset", sort=False)}
+
+
+def matching_variant(group: pd.DataFrame, spec: dict[str, Any]) -> str | None:
+    """The first variant of `group` (summary rows) whose columns match every dotted key of `spec` (a key whose
+    column the summary lacks is ignored), or None when none matches."""
+    match = group
+    for key, value in spec.items():
+        col = str(key).split(".")[-1]
+        if col in match:
+            match = match[match[col].map(lambda v, want=value: _same(v, want))]
+    return str(match["variant"].iloc[0]) if len(match) else None
 
 
 def _same(a: Any, b: Any) -> bool:

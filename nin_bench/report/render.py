@@ -165,9 +165,9 @@ def build_document(run: Run, out: ResultsDir, cmp: pd.DataFrame | None = None,
     if table["test_acc_mean"].notna().any():
         for ds, t in table.groupby("dataset", sort=False):
             doc.p(sections.answer_for(str(ds), t, cmp, margin))
-            factorial = answer.factorial_text(str(ds), cmp)
-            if factorial:
-                doc.p(factorial)
+            for text in (answer.factorial_text(str(ds), cmp), answer.declared_text(str(ds), cmp)):
+                if text:
+                    doc.p(text)
         _add(doc, drawn.get("answer", []))
         if tuning.swept_axes(run):
             doc.p("This suite sweeps a training setting: the test accuracies above choose nothing; the choice is "

@@ -56,8 +56,12 @@ def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     """Hash of what the measurements depend on: the resolved config (stages excluded), protocol and device.
 
     `protocols` is left out: the protocol files are already merged into the resolved settings, so naming them
-    (or moving the same settings into or out of one) changes nothing measured."""
-    payload = cfg.model_dump(mode="json", exclude={"stages", "description", "protocol_notes", "protocols"})
+    (or moving the same settings into or out of one) changes nothing measured. So is `report` (baseline,
+    equivalence margin, declared interactions): it says how the records are compared, not what is measured, so
+    a folder continues under a changed report section (with `seeds: auto` the new baseline then decides whether
+    more seeds are wanted)."""
+    payload = cfg.model_dump(mode="json", exclude={"stages", "description", "protocol_notes", "protocols",
+                                                   "report"})
     text = json.dumps({"config": payload, "protocol": protocol}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -195,6 +195,18 @@ class TrainSettings(_Section):
         return v
 
 
+class Interaction(_Section):
+    """A declared interaction (`report.interactions`): the difference of two effects, each a pair of variants
+    (first − second), paired by seed: (a[0] − a[1]) − (b[0] − b[1]). For suites whose rows are not a full grid,
+    where the factorial analysis finds no interaction (head.yaml: the paper's rows give dropout's effect on the
+    GAP NiN, between blocks, and on the FC head, inside it). Each variant is given as `report.baseline` gives
+    one: dotted grid keys -> value, the first matching variant of each data set."""
+
+    name: str = Field(min_length=1)
+    a: list[dict[str, Any]] = Field(min_length=2, max_length=2)
+    b: list[dict[str, Any]] = Field(min_length=2, max_length=2)
+
+
 class ReportSettings(_Section):
     """How the report compares variants."""
 
@@ -203,6 +215,7 @@ class ReportSettings(_Section):
     # only when TOST puts the difference's 90 % CI inside ±margin; 1 pp is about the seed-to-seed SD
     # of the committed CPU runs (0.1-1.6 pp)
     equivalence_margin_pp: float = Field(1.0, gt=0)
+    interactions: list[Interaction] = []
 
 
 class AutoSeeds(_Section):
