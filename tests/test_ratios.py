@@ -114,8 +114,11 @@ def test_suite_without_pairs_says_so_in_one_line(tmp_path: Path, no_figures: Non
     assert section.startswith("No two variants of this suite run the same eval forward") and "\n" not in section
 
 
-def test_committed_head_folder_checks_without_rounds(tmp_path: Path) -> None:
-    root = shutil.copytree(ROOT / "results" / "head", tmp_path / "head")
+def test_a_folder_timed_before_rounds_checks_without_intervals(tmp_path: Path) -> None:
+    """results/head as committed at 2833f20, timed one variant after another before rounds existed (its
+    records, config and manifest kept in tests/fixtures/head_before_rounds): bare ratios, and the sequential
+    timing's 16-29 % gaps flagged."""
+    root = shutil.copytree(Path(__file__).parent / "fixtures" / "head_before_rounds", tmp_path / "head")
     run = load_run(root)
     checks = check_pairs(run.stage("timing"), run.stage("timing_round"), run.config)
     assert len(checks) == 6 and all(not c.ratio.has_ci for c in checks)
