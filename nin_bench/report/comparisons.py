@@ -206,16 +206,21 @@ def _weights(levels: dict, ref: dict, chosen: dict, fixed: dict) -> dict[tuple, 
     return out
 
 
+def _effect_stats(d: np.ndarray) -> dict[str, Any]:
+    """The paired t statistics of an effect's per-seed contrasts (the columns every effect row shares)."""
+    t = inference.paired_test(d)
+    return {"n": t.n, "delta_mean": t.mean, "delta_sd": t.sd, "ci_lo": t.lo, "ci_hi": t.hi, "p": t.p,
+            "resolved": t.p < inference.ALPHA,
+            "seeds_needed": math.nan if t.p < inference.ALPHA else inference.seeds_needed(t.mean, t.sd)}
+
+
 def _effect_row(kind: str, chosen: dict, ref: dict, fixed: dict, free: list[str], d: np.ndarray) -> dict[str, Any]:
     """One factorial row: what it contrasts, where (fixed levels, or the factors it averages over) and its paired
     t statistics."""
-    t = inference.paired_test(d)
     at = ", ".join(f"{a}={v}" for a, v in fixed.items()) or (f"mean over {', '.join(free)}" if free else "")
     return {"kind": kind, "factors": " × ".join(chosen),
-            "contrast": "; ".join(f"{a}: {lv} − {ref[a]}" for a, lv in chosen.items()),
-            "at": at, "n": t.n, "delta_mean": t.mean,
-            "delta_sd": t.sd, "ci_lo": t.lo, "ci_hi": t.hi, "p": t.p, "resolved": t.p < inference.ALPHA,
-            "seeds_needed": math.nan if t.p < inference.ALPHA else inference.seeds_needed(t.mean, t.sd)}
+            "contrast": "; ".join(f"{a}: {lv} − {ref[a]}" for a, lv in chosen.items()), "at": at,
+            **_effect_stats(d)}
 
 
 def factorial(accs: dict[str, pd.Series], table: pd.DataFrame, levels: dict, ref: dict) -> pd.DataFrame:
@@ -275,12 +280,9 @@ def declared(accs: dict[str, pd.Series], group: pd.DataFrame, config: dict[str, 
             continue
         cells = {(i,): v for i, v in enumerate(ids)}
         d = _contrast(cells, accs, {(0,): 1.0, (1,): -1.0, (2,): -1.0, (3,): 1.0})
-        t = inference.paired_test(d)
         a0, a1, b0, b1 = (labels.get(v, v) for v in ids)
-        rows.append({"kind": "declared", "factors": "declared", "at": spec["name"],
-                     "contrast": f"({a0} − {a1}) − ({b0} − {b1})", "n": t.n, "delta_mean": t.mean,
-                     "delta_sd": t.sd, "ci_lo": t.lo, "ci_hi": t.hi, "p": t.p, "resolved": t.p < inference.ALPHA,
-                     "seeds_needed": math.nan if t.p < inference.ALPHA else inference.seeds_needed(t.mean, t.sd)})
+        rows.append({"kind": "declared", "factors": "declared", "contrast": f"({a0} − {a1}) − ({b0} − {b1})",
+                     "at": spec["name"], **_effect_stats(d)})
     return pd.DataFrame(rows)
 
 
