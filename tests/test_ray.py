@@ -33,12 +33,22 @@ RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
                  "warmup_epochs": 0.0, "augment": "none"}}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray instance for the whole session (2 CPUs: two 1-thread units side by side)."""
+    """One local Ray instance for the module (2 CPUs: two 1-thread units side by side); yields its address, which
+    a driver in another process joins with --ray-address."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_accuracies(tmp_path_factory):
+    """The local executor's test accuracies for RAW's training (both tests here compare Ray's to them)."""
+    cfg, protocol, _ = resolve_protocol(validate({**RAW, "stages": ["train"]}), cuda=False)
+    out = tmp_path_factory.mktemp("local")
+    run_suite(cfg, out, protocol=protocol, progress=False, log=lambda m: None, figures=False)
+    return _accuracies(out)
 
 
 def _accuracies(out):
@@ -48,15 +58,14 @@ def _accuracies(out):
 
 
 @needs_data
-def test_ray_gives_the_local_executors_accuracies(ray_session, tmp_path, no_figures):
+def test_ray_gives_the_local_executors_accuracies(ray_session, local_accuracies, tmp_path, no_figures):
     cfg, protocol, _ = resolve_protocol(validate(RAW), cuda=False)
     logs = []
     fixed = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # the accuracies are compared, not the MFU
-    run_suite(cfg, tmp_path / "local", protocol=protocol, progress=False, log=logs.append, ceilings=fixed)
     run_suite(cfg, tmp_path / "ray", protocol=protocol, progress=False, log=logs.append, executor="ray",
               ceilings=fixed)
-    local, remote = _accuracies(tmp_path / "local"), _accuracies(tmp_path / "ray")
-    assert len(local) == 2 and local == remote  # same seeds, same threads: bit-identical on the CPU
+    remote = _accuracies(tmp_path / "ray")
+    assert len(local_accuracies) == 2 and remote == local_accuracies  # same seeds, same threads: bit-identical
     assert (tmp_path / "ray" / "report.md").exists()
     assert "4 units to run" in next(m for m in logs if "ray executor" in m)  # profile, timing, two seeds
     timing = [r for r in ResultsDir(tmp_path / "ray").read_records() if r["stage"] == "timing"]
@@ -80,14 +89,14 @@ model: {width: 0.125, batchnorm: true, dropout: 0.0}
 data: {dataset: fashion_mnist}
 grid: {model.n_1x1: [1]}
 timing: {batch_sizes: [2, 8], reference_batch_size: 8, warmup: 1, repeats: 3}
-train: {epochs: 3, subset: 800, val_size: 200, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
-        augment: none}
+train: {epochs: 2, subset: 800, val_size: 200, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
+        augment: none}   # RAW's training: the resumed run must give the local executor's accuracies
 """
 
 
-def _cmd(suite, out):
+def _cmd(suite, out, *extra):
     return [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
-            "--no-progress", "--no-figures", "--executor", "ray"]
+            "--no-progress", "--no-figures", "--executor", "ray", *extra]
 
 
 def _check_once(out):
@@ -98,7 +107,9 @@ def _check_once(out):
 
 
 @needs_data
-def test_a_killed_driver_is_resumed_without_rerunning_finished_units(tmp_path):
+def test_a_killed_driver_is_resumed_without_rerunning_finished_units(ray_session, local_accuracies, tmp_path):
+    """Killed while running on a local instance of its own (the default); resumed by a driver joining a running
+    instance (this module's), to the local executor's accuracies."""
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE)
     out = tmp_path / "out"
@@ -114,13 +125,15 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_units(tmp_path):
     before = ResultsDir(out).read_records()
     finished = {(r["variant"], r["stage"], r.get("seed")) for r in before if r["stage"] in ("profile", "train")}
     assert finished
-    again = subprocess.run(_cmd(suite, out), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(_cmd(suite, out, "--ray-address", ray_session), capture_output=True, text=True,
+                           timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     after = ResultsDir(out).read_records()
     assert after[:len(before)] == before  # the folder only grew
     rerun = {(r["variant"], r["stage"], r.get("seed")) for r in after[len(before):]} & finished
     assert not rerun
     _check_once(out)
+    assert _accuracies(out) == local_accuracies
 
 
 def test_without_ray_the_executor_exits_2_with_one_line(tmp_path, monkeypatch, capfd):
