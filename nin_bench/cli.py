@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reuse", action="store_true",
                      help="train every unit here, even one another folder of the results root trained identically "
                           "(default: copy it from there, with reused_from on its records)")
+    run.add_argument("--retime", action="store_true",
+                     help="measure the folder's speed records (timing, layer timing) again; its training and "
+                          "profile records stand (the old ones are copied aside). For a report that says its "
+                          "timing cannot be trusted: re-run on a quiet machine")
     run.add_argument("--ray-address", help="with --executor ray: 'auto', HOST:PORT (the head's GCS) or "
                                            "ray://HOST:PORT (Ray Client) joins a running cluster (default: start "
                                            "a local Ray instance on this machine)")
@@ -137,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or ResultsDir.for_suite(cfg.name).root
     run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
               ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation,
-              reuse=not args.no_reuse, figures=not args.no_figures)
+              reuse=not args.no_reuse, figures=not args.no_figures, retime=args.retime)
     return 0
 
 
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m nin_bench` and the `nin-bench` script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    args.invocation = shlex.join(["python", "-m", "nin_bench", *argv])
+    # the command that continues the folder: a one-off --retime is not part of it
+    args.invocation = shlex.join(["python", "-m", "nin_bench", *(a for a in argv if a != "--retime")])
     handler = {"run": cmd_run, "list": cmd_list, "inspect": cmd_inspect, "report": cmd_report,
                "compare": cmd_compare, "gpu-session": cmd_gpu_session}[args.command]
     try:

@@ -130,13 +130,14 @@ def test_inspect_time_prints_the_per_layer_time_table(monkeypatch, capfd, tmp_pa
 
 
 def test_run_keeps_its_command_line_in_the_manifest_and_the_report(tmp_path, monkeypatch, no_figures):
-    """In this process (the command line is rebuilt from `main`'s argv), its report without figures."""
+    """In this process (the command line is rebuilt from `main`'s argv), its report without figures. A one-off
+    --retime is left out: the manifest keeps the command that continues the folder."""
     from nin_bench.cli import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: t\ngrid: {model.n_1x1: [0]}\nstages: [profile]\nmodel: {width: 0.125}\n")
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "c.yaml", "--out", "out dir", "--set", "seeds=[0, 1]", "--no-progress"]) == 0
+    assert main(["run", "c.yaml", "--out", "out dir", "--set", "seeds=[0, 1]", "--retime", "--no-progress"]) == 0
     expected = "python -m nin_bench run c.yaml --out 'out dir' --set 'seeds=[0, 1]' --no-progress"
     assert json.loads((tmp_path / "out dir" / "manifest.json").read_text())["command"] == expected
     assert f"**Command** (its last invocation on this folder): `{expected}`" in (

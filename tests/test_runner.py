@@ -136,6 +136,27 @@ def test_timing_made_before_rounds_is_measured_again_and_the_rest_stands(tmp_pat
     assert "0 units to run" in _run(cfg, protocol, tmp_path)[0]  # now in rounds: nothing more to do
 
 
+def test_retime_measures_the_speed_records_again_and_nothing_else(tmp_path):
+    """`run --retime`: a folder in rounds on this machine gives up its timing, rounds and layer rows (copied
+    aside) and measures them again; its profile records stand."""
+    cfg, protocol = _suite(grid={"model.n_1x1": [0]})
+    _run(cfg, protocol, tmp_path)
+    rd = ResultsDir(tmp_path)
+    before = rd.read_records()
+    speed = [r for r in before if r["stage"] in ("timing", "timing_round", "layer_timing")]
+    assert "0 units to run" in _run(cfg, protocol, tmp_path)[0]  # without --retime nothing is measured again
+    logs = []
+    run_suite(cfg, tmp_path, protocol=protocol, progress=False, log=logs.append, ceilings=FIXED, retime=True)
+    assert f"its {len(speed)} speed records (given up by --retime) are measured again here" in logs[0]
+    assert "1 units to run" in logs[1]
+    after = rd.read_records()
+    assert [r for r in after if r["stage"] == "profile"] == [r for r in before if r["stage"] == "profile"]
+    again = [r for r in after if r["stage"] in ("timing", "timing_round", "layer_timing")]
+    assert len(again) == len(speed) and again != speed
+    (aside,) = (tmp_path / ".cache").glob("superseded-*")
+    assert ResultsDir(aside).read_records() == before  # the folder as it was, copied aside
+
+
 def test_a_folder_written_before_threads_moved_is_continued(tmp_path):
     """config.resolved.yaml from before `timing.threads` became the run-level `threads` reads as the same config."""
     cfg, protocol = _suite(stages=["profile"])

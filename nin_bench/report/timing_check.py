@@ -127,7 +127,8 @@ def warning(checks: list[PairCheck]) -> str | None:
     return (f"**Warning: the timing of this run cannot be trusted.** {len(bad)} of {len(checks)} forward timings of "
             f"variants that run the same computation (they differ only in dropout, the identity in eval mode) "
             f"differ by more than 7 % (worst: {ratio_text(worst.ratio, digits=3)} at {setting_text(worst.setting)}); every "
-            "speed ratio in this report carries that error. See \"Timing self-check\".")
+            "speed ratio in this report carries that error. See \"Timing self-check\"; `run CONFIG --retime` on "
+            "a quiet machine measures the timing again and keeps the rest.")
 
 
 def table(checks: list[PairCheck], labels: dict[str, str]) -> tuple[list[str], list[list[str]]]:

@@ -66,7 +66,7 @@ def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log: Log) -> None:
+def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log: Log, retime: bool = False) -> None:
     """Make the folder ours: continue it when what it holds was measured under this config and protocol
     (`fp`) on this kind of device, otherwise move its results aside (never deleted) and measure afresh.
 
@@ -78,7 +78,8 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
     decision reads only the folder's own files (config.resolved.yaml, manifest.json, records.jsonl), never
     ignored state, so a committed folder on a fresh clone, or one brought back from a lent GPU, continues on the
     same kind of device, and a user's first run on another kind of device never shows the committed machine's
-    numbers as theirs.
+    numbers as theirs. `retime` gives up a continued folder's speed records on the same machine too (`run
+    --retime`: its report said the timing could not be trusted, or the machine was busy).
     """
     if not rd.generated():
         return
@@ -91,11 +92,13 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
         records = rd.read_records()
         before_rounds = any(r.get("stage") == "timing" and r.get("status") == "ok" and "rounds" not in r
                             for r in records)
-        if not before_rounds and their_name == device_name:
+        retime = retime and any(r.get("stage") in SPEED_KINDS for r in records)
+        if not (retime or before_rounds) and their_name == device_name:
             return
-        dest, dropped = rd.supersede_records(
-            lambda r: r.get("stage") in SPEED_KINDS and (before_rounds or r.get("device_name") != device_name))
-        why = "made before timing ran in rounds" if before_rounds else f"made on another CPU ({their_name})"
+        dest, dropped = rd.supersede_records(lambda r: r.get("stage") in SPEED_KINDS and (
+            retime or before_rounds or r.get("device_name") != device_name))
+        why = ("given up by --retime" if retime else "made before timing ran in rounds" if before_rounds
+               else f"made on another CPU ({their_name})")
         log(f"{rd.root}: continuing; its training and profile records stand, and its {dropped} speed records "
             f"({why}) are measured again here (the folder as it was is copied to {dest})")
         return
@@ -235,7 +238,8 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
               deadline: float | None = None, command: str | None = None,
               ceilings: Ceilings | None = None, order: str = "variant", pack: int = 1,
               budget: Budget | None = None, tally: Tally | None = None,
-              manifest_extra: dict[str, Any] | None = None, reuse: bool = False, figures: bool = True) -> Path:
+              manifest_extra: dict[str, Any] | None = None, reuse: bool = False, figures: bool = True,
+              retime: bool = False) -> Path:
     """Run every unrecorded (variant, stage[, seed]) of a resolved suite, then write summary and report.
 
     Args:
@@ -265,6 +269,8 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             (`reuse.reuse_units`, with `reused_from` on its records) instead of training it again. Off unless
             asked for (`run` asks unless --no-reuse): a library caller's folders may sit beside unrelated ones.
         figures: draw the report's figures (False: its text and tables only, `run --no-figures`).
+        retime: measure a continued folder's speed records (timing, its rounds, layer timing) again, its other
+            records standing (`prepare_out_dir`); the old ones are copied aside.
 
     Returns:
         The path of the written report.
@@ -285,7 +291,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
         threads, heap = configure_process(cfg.threads)
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
-        prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device, ctx.device_name, log)
+        prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device, ctx.device_name, log, retime)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
         manifest.update(cpu_heap=heap, command=command, **(manifest_extra or {}))
