@@ -50,6 +50,11 @@ def test_plan_is_variant_major_by_default_and_seed_major_on_request():
                                                      (b, "profile", None), (b, "train", 0), (b, "train", 1)]
     assert as_labels(plan(variants, cfg, {(b, "train", 0)}, order="seed")) == [
         (a, "profile", None), (b, "profile", None), (a, "train", 0), (a, "train", 1), (b, "train", 1)]
+    # the first variant further on than the second: the second's lower seed still comes first (seed order, not
+    # the order the grid lists the units in)
+    done = {(a, "profile", None), (b, "profile", None), (a, "train", 0), (a, "train", 1), (b, "train", 0)}
+    assert as_labels(plan(variants, cfg, done, order="seed", seeds=[0, 1, 2])) == [
+        (b, "train", 1), (a, "train", 2), (b, "train", 2)]
 
 
 def test_a_timing_unit_cut_by_the_deadline_keeps_its_rounds_and_goes_on_next_time(monkeypatch, tmp_path):

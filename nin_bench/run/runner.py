@@ -133,7 +133,10 @@ def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str
             wanted = (seeds if seeds is not None else v.config.train_seeds()) if stage == "train" else [None]
             units += [Unit(v, stage, s) for s in wanted if (v.id, stage, s) not in done]
     if order == "seed":
-        rank = {s: i for i, s in enumerate(dict.fromkeys(u.seed for u in units if u.stage == "train"))}
+        # the seeds' own order (the wanted list), not the order units list them in: a variant that already has
+        # seeds 0 and 1 lists seed 2 first, and seed 1 of the others must still come before it
+        wanted = seeds if seeds is not None else cfg.train_seeds()
+        rank = {s: i for i, s in enumerate(dict.fromkeys([*wanted, *(u.seed for u in units if u.stage == "train")]))}
         units.sort(key=lambda u: -1 if u.stage != "train" else rank[u.seed])  # stable: grid order kept within
     elif order != "variant":
         raise ValueError(f"plan order {order!r}; expected 'variant' or 'seed'")
