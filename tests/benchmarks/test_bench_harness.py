@@ -36,6 +36,10 @@ def test_report_generation(benchmark, tmp_path):
 
     benchmark.group = "harness"
     root = make_full_run(tmp_path)
-    path = benchmark.pedantic(build_report, args=(root,), rounds=3, iterations=1)
+    # measured (--benchmark-enable): the whole report, figures included. Run once as a correctness test (the
+    # default): its text and tables, the figures of the same synthetic run being drawn and checked by
+    # tests/test_report.py (drawing them twice cost this suite ~12 s)
+    path = benchmark.pedantic(build_report, args=(root,), kwargs={"figures": not benchmark.disabled}, rounds=3,
+                              iterations=1)
     assert path.exists() and "## Answer" in path.read_text()
     record(benchmark)
