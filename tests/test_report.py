@@ -312,3 +312,19 @@ def test_a_folder_measured_on_two_machines_says_which_measured_what(tmp_path: Pa
     assert (n_amd, n_here) == (9, 9)  # the first half of the records: first in the folder, first named
     assert f"training runs on AMD EPYC ({n_amd}), {here} ({n_here}); timing on {here}; its last run ran on {here}." \
         in line
+
+
+def test_a_manifest_without_ceilings_takes_them_from_the_timing_rows(tmp_path: Path, no_figures: None) -> None:
+    """A run killed before its end, made before the manifest named its ceilings as soon as they were measured:
+    the report reads the MFU ceiling (and what set it) from the timing rows, never prints it as missing."""
+    recs = full_records()
+    for r in recs:
+        if r["stage"] == "timing":
+            r.update(peak_tflops=0.25 if r["variant"] == vid("cifar10", 1) else 0.2, peak_source="conv_suite")
+    root = write_run(tmp_path, recs)
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["peak_tflops"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    md = build_report(root).read_text()
+    assert ("**MFU ceiling** (the best of large GEMMs, the suite's own convolutions and the ISA peak; no row "
+            "exceeds it): fp32 0.25 TFLOP/s (the suite's own fastest convolution).") in md

@@ -167,8 +167,9 @@ def test_a_folder_written_before_threads_moved_is_continued(tmp_path):
     assert "0 units to run" in _run(cfg, protocol, tmp_path)[0]
 
 
-# Suites changed on purpose since their committed folder was made (that folder is measured afresh by design).
-CHANGED_SUITES = {"dropout": "issue 18: the converged CPU protocol (cpu_converged) replaces cpu_short"}
+# Suites changed on purpose since their committed folder was made (that folder is measured afresh by design): none
+# now (dropout's, changed to the converged protocol by issue 18, was re-made under it).
+CHANGED_SUITES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "results").glob("*/manifest.json")))
@@ -284,6 +285,40 @@ def test_ceilings_are_measured_once_for_the_dtypes_the_timing_units_use(tmp_path
     calls.clear()
     units = [u for u in runner.plan(runner.expand_grid(cfg), cfg, set()) if u.stage == "profile"]
     assert runner.run_ceilings(units, "cpu", print).peak_flops == {} and calls == []
+
+
+def test_the_manifest_names_the_ceilings_from_their_measurement_on_and_a_continuation_keeps_them(tmp_path,
+                                                                                                monkeypatch):
+    """Written as soon as they are measured (a run killed before its end still says what its timing rows were
+    given), and kept by a continuation that times nothing; given up with the rows (--retime)."""
+    monkeypatch.setattr("nin_bench.measure.ceilings.gemm_peaks", lambda device, dtype: {"gemm_blas": 3e11})
+    monkeypatch.setattr("nin_bench.measure.ceilings.conv_peak", lambda shapes, device, dtype: 1e11)
+    monkeypatch.setattr("nin_bench.measure.ceilings.isa_peak_now", lambda: None)
+    monkeypatch.setattr("nin_bench.measure.ceilings.memory_bandwidth", lambda device: 2e10)
+    cfg, protocol = _suite(stages=["timing"], grid={"model.n_1x1": [0]})
+    real = runner.run_units
+
+    def killed(*args, **kwargs):  # the process dies before its first unit is stored
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_units", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, protocol, tmp_path, ceilings=None)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["peak_tflops"] == {"fp32": 0.3} and manifest["ceilings"]["peak_source"] == {"fp32": "gemm_blas"}
+    assert manifest["mem_gb_per_s"] == 20.0
+    monkeypatch.setattr(runner, "run_units", real)
+    _run(cfg, protocol, tmp_path, ceilings=None)  # the timing is made
+    first = json.loads((tmp_path / "manifest.json").read_text())
+    profile_cfg, _ = _suite(stages=["profile"], grid={"model.n_1x1": [0]})
+    _run(profile_cfg, protocol, tmp_path, ceilings=None)  # measures no ceiling
+    kept = json.loads((tmp_path / "manifest.json").read_text())
+    assert {k: kept[k] for k in runner.CEILING_KEYS} == {k: first[k] for k in runner.CEILING_KEYS}
+    assert kept["ceilings"]["candidates_tflops"]["fp32"] == {"gemm_blas": 0.3, "conv_suite": 0.1}
+    monkeypatch.setattr("nin_bench.measure.ceilings.gemm_peaks", lambda device, dtype: {"gemm_blas": 4e11})
+    logs = []
+    run_suite(cfg, tmp_path, protocol=protocol, progress=False, log=logs.append, retime=True)
+    assert json.loads((tmp_path / "manifest.json").read_text())["ceilings"]["peak_tflops"] == {"fp32": 0.4}
 
 
 def test_a_unit_context_sent_to_a_worker_keeps_the_run_ceilings(tmp_path):

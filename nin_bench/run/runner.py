@@ -66,7 +66,7 @@ def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log: Log, retime: bool = False) -> None:
+def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log: Log, retime: bool = False) -> bool:
     """Make the folder ours: continue it when what it holds was measured under this config and protocol
     (`fp`) on this kind of device, otherwise move its results aside (never deleted) and measure afresh.
 
@@ -80,9 +80,13 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
     same kind of device, and a user's first run on another kind of device never shows the committed machine's
     numbers as theirs. `retime` gives up a continued folder's speed records on the same machine too (`run
     --retime`: its report said the timing could not be trusted, or the machine was busy).
+
+    Returns:
+        True when the folder is continued with its speed records standing (its manifest's ceilings, which those
+        rows were measured against, carry over); False for an empty folder or speed records given up.
     """
     if not rd.generated():
-        return
+        return False
     theirs = config_of_folder(rd.read_config())
     same_config = theirs is not None and fingerprint(*theirs) == fp
     manifest = rd.read_manifest()
@@ -94,17 +98,18 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
                             for r in records)
         retime = retime and any(r.get("stage") in SPEED_KINDS for r in records)
         if not (retime or before_rounds) and their_name == device_name:
-            return
+            return True
         dest, dropped = rd.supersede_records(lambda r: r.get("stage") in SPEED_KINDS and (
             retime or before_rounds or r.get("device_name") != device_name))
         why = ("given up by --retime" if retime else "made before timing ran in rounds" if before_rounds
                else f"made on another CPU ({their_name})")
         log(f"{rd.root}: continuing; its training and profile records stand, and its {dropped} speed records "
             f"({why}) are measured again here (the folder as it was is copied to {dest})")
-        return
+        return False
     why = f"another device ({their_name})" if same_config else "another config or protocol"
     dest = rd.supersede()
     log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
+    return False
 
 
 def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str = "variant",
@@ -294,10 +299,12 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
         threads, heap = configure_process(cfg.threads)
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
-        prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device, ctx.device_name, log, retime)
+        speed_kept = prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device, ctx.device_name, log, retime)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
         manifest.update(cpu_heap=heap, command=command, **(manifest_extra or {}))
+        if speed_kept:  # the ceilings the folder's standing timing rows were measured against
+            manifest.update({k: v for k, v in rd.read_manifest().items() if k in CEILING_KEYS})
         variants = expand_grid(cfg)
         records = rd.read_records()
         done = completed(records)
@@ -317,6 +324,10 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         write_run_files(rd, cfg, manifest, protocol)
         preload_data(variants, cfg, ctx)
         ctx.ceilings = ceilings or run_ceilings(units, ctx.device, log, ctx.shape)
+        if ctx.ceilings.peak_flops and any(u.stage == "timing" for u in units):
+            # a run cut short (kill -9) still says which ceilings its timing rows were given
+            manifest.update(ceiling_keys(ctx.ceilings, records, manifest, planned=True))
+            write_run_files(rd, cfg, manifest, protocol)
 
         def finished(unit: Unit, result: UnitResult) -> None:
             record_result(rd, unit, result, log)
@@ -352,9 +363,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             log(f"time budget reached with {tally.left} units left; run the same command again to continue")
         finally:
             bar.close()
-        manifest.update(peak_tflops=peaks_from(records), mem_gb_per_s=bandwidth_from(records),
-                        ceilings_measured_s=round(ctx.ceilings.measured_s, 2),
-                        ceilings=ceilings_from(ctx.ceilings, records),
+        manifest.update(ceiling_keys(ctx.ceilings, records, manifest),
                         data={k: {"source": d.source, "sha256": d.source_sha256} for k, d in ctx.datasets.items()})
         if auto:
             cut = cut or tally.skipped_budget > skipped0
@@ -444,6 +453,34 @@ def peaks_from(records: list[dict[str, Any]]) -> dict[str, float]:
     for r in latest_per_key(records):
         if r.get("stage") == "timing" and r.get("peak_tflops") is not None:
             out[r["dtype"]] = max(out.get(r["dtype"], 0.0), r["peak_tflops"])
+    return out
+
+
+# The manifest's account of the ceilings and bandwidth the timing rows were measured against (`ceiling_keys`).
+CEILING_KEYS = ("peak_tflops", "mem_gb_per_s", "ceilings_measured_s", "ceilings")
+
+
+def ceiling_keys(ceilings: Ceilings, records: list[dict[str, Any]], manifest: dict[str, Any],
+                 planned: bool = False) -> dict[str, Any]:
+    """`CEILING_KEYS` for the manifest: the peaks and bandwidth the timing rows recorded and the account of the
+    ceilings this run measured (`ceilings_from`); a run that measured none keeps what `manifest` carried over
+    from the run that timed the folder's standing rows.
+
+    Args:
+        ceilings: this run's (empty when it times nothing).
+        records: the folder's records.
+        manifest: the manifest so far (with any carried-over keys).
+        planned: written before the timing units run: a dtype without a row yet takes the ceiling just measured,
+            so a run killed before its end still names the ceilings its rows were given.
+    """
+    rows = peaks_from(records)
+    out = {"peak_tflops": rows or manifest.get("peak_tflops") or {},
+           "mem_gb_per_s": bandwidth_from(records) or manifest.get("mem_gb_per_s")}
+    if ceilings.peak_flops or "ceilings" not in manifest:
+        out.update(ceilings_measured_s=round(ceilings.measured_s, 2), ceilings=ceilings_from(ceilings, records))
+    if planned:
+        out["peak_tflops"] = {**out["ceilings"]["peak_tflops"], **rows}
+        out["mem_gb_per_s"] = out["mem_gb_per_s"] or (ceilings.bytes_per_s and ceilings.bytes_per_s / 1e9)
     return out
 
 
