@@ -93,7 +93,7 @@ def test_cifar10_jpeg_tarball(cifar: data.Dataset) -> None:
     # Class-interleaved order: the last-5,000 validation split holds every class equally.
     assert cifar.train_y[:10].tolist() == list(range(10))
     assert torch.bincount(cifar.train_y[-5000:]).tolist() == [500] * 10
-    # The pixel sums PIL's one-image-at-a-time decode gave (before the batched libjpeg path): the same pixels.
+    # The decoded pixels, pinned: a change of JPEG decoder (or of its settings) must give the same sums.
     assert int(cifar.train_x.sum()) == 18537712937 and int(cifar.test_x.sum()) == 3732740007
 
 
