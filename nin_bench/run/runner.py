@@ -66,7 +66,8 @@ def fingerprint(cfg: SuiteConfig, protocol: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log: Log, retime: bool = False) -> bool:
+def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log: Log,
+                    retime: bool = False) -> dict[str, Any]:
     """Make the folder ours: continue it when what it holds was measured under this config and protocol
     (`fp`) on this kind of device, otherwise move its results aside (never deleted) and measure afresh.
 
@@ -82,11 +83,11 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
     --retime`: its report said the timing could not be trusted, or the machine was busy).
 
     Returns:
-        True when the folder is continued with its speed records standing (its manifest's ceilings, which those
-        rows were measured against, carry over); False for an empty folder or speed records given up.
+        The folder's manifest keys that carry over into this run's manifest: when it is continued with its speed
+        records standing, the ceilings those rows were measured against (`CEILING_KEYS`); else nothing.
     """
     if not rd.generated():
-        return False
+        return {}
     theirs = config_of_folder(rd.read_config())
     same_config = theirs is not None and fingerprint(*theirs) == fp
     manifest = rd.read_manifest()
@@ -98,18 +99,18 @@ def prepare_out_dir(rd: ResultsDir, fp: str, device: str, device_name: str, log:
                             for r in records)
         retime = retime and any(r.get("stage") in SPEED_KINDS for r in records)
         if not (retime or before_rounds) and their_name == device_name:
-            return True
+            return {k: v for k, v in manifest.items() if k in CEILING_KEYS}
         dest, dropped = rd.supersede_records(lambda r: r.get("stage") in SPEED_KINDS and (
             retime or before_rounds or r.get("device_name") != device_name))
         why = ("given up by --retime" if retime else "made before timing ran in rounds" if before_rounds
                else f"made on another CPU ({their_name})")
         log(f"{rd.root}: continuing; its training and profile records stand, and its {dropped} speed records "
             f"({why}) are measured again here (the folder as it was is copied to {dest})")
-        return False
+        return {}
     why = f"another device ({their_name})" if same_config else "another config or protocol"
     dest = rd.supersede()
     log(f"{rd.root}: existing results come from {why}; moved them to {dest} and measuring afresh")
-    return False
+    return {}
 
 
 def plan(variants: list[Variant], cfg: SuiteConfig, done: set[tuple], order: str = "variant",
@@ -299,12 +300,11 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
             log(f"WARNING: {cuda_fallback}. Running the CPU protocol; use --device cuda to fail instead.")
         threads, heap = configure_process(cfg.threads)
         ctx = RunContext(rd, cfg.device, device_name(cfg.device), protocol, progress, deadline=deadline)
-        speed_kept = prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device, ctx.device_name, log, retime)
+        carried = prepare_out_dir(rd, fingerprint(cfg, protocol), ctx.device, ctx.device_name, log, retime)
         manifest = build_manifest(device=ctx.device, device_name=ctx.device_name, threads=threads,
                                   protocol=protocol, cuda_fallback=cuda_fallback, executor=executor)
         manifest.update(cpu_heap=heap, command=command, **(manifest_extra or {}))
-        if speed_kept:  # the ceilings the folder's standing timing rows were measured against
-            manifest.update({k: v for k, v in rd.read_manifest().items() if k in CEILING_KEYS})
+        manifest.update(carried)  # the ceilings the folder's standing timing rows were measured against
         variants = expand_grid(cfg)
         records = rd.read_records()
         done = completed(records)
