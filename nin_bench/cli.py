@@ -131,12 +131,16 @@ def _resolved(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nin_bench.run.runner import run_suite
-
     if args.executor == "ray":
         _require_ray(args.ray_address)
+        if args.ray_address:  # an address nothing answers: one line in a second, before torch is imported
+            from nin_bench.run.ray_address import probe
+
+            probe(args.ray_address)
     elif args.ray_address:
         raise UserError("--ray-address needs --executor ray")
+    from nin_bench.run.runner import run_suite
+
     cfg, protocol, _, fallback = _resolved(args)
     out = args.out or ResultsDir.for_suite(cfg.name).root
     run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
@@ -146,8 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _require_ray(address: str | None = None) -> None:
-    """Fail with one line when Ray, an optional extra, is not installed, Ray Client (grpcio) is missing for a
-    ray:// address (an address that does not answer is `run_suite`'s to refuse, before it touches anything)."""
+    """Fail with one line when Ray, an optional extra, is not installed, or Ray Client (grpcio) is missing for a
+    ray:// address (an address that does not answer is `ray_address.probe`'s to refuse)."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:

@@ -1,9 +1,11 @@
 """The command line: malformed input exits 2 with one line naming the problem and no traceback."""
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,8 +187,8 @@ sys.meta_path.insert(0, _NoTorch())
 
 
 def test_light_commands_never_import_torch(tmp_path):
-    """--help, list (--explain, --quick), report and compare on a committed folder, with `import torch` made to
-    fail."""
+    """--help, list (--explain, --quick), report and compare on a committed folder, and `run` refusing a Ray
+    address that does not answer, with `import torch` made to fail."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(NO_TORCH)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
@@ -209,6 +211,19 @@ def test_light_commands_never_import_torch(tmp_path):
     assert (tmp_path / "d2l" / "report.md").exists() and list((tmp_path / "d2l" / "figures").glob("*.png"))
     res = light("compare", str(ROOT / "results" / "one_by_one"), str(ROOT / "results" / "one_by_one"))
     assert res.returncode == 0 and "36 rows joined: 0 slower, 0 faster, 36 not resolved (~)" in res.stdout, res.stderr
+    if importlib.util.find_spec("ray") is None:
+        return
+    # a Ray address nothing answers is refused before torch (or Ray) is imported: one line within seconds, where
+    # Ray's own client retries for minutes
+    (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        t0 = time.monotonic()
+        res = light("run", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out"), "--executor", "ray",
+                    "--ray-address", address)
+        assert time.monotonic() - t0 < 60
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and "no Ray cluster at" in lines[0], res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 def test_no_figures_writes_the_text_and_tables_only(tmp_path):

@@ -1,75 +1,151 @@
-"""The Ray executor on a real local Ray instance (no mocks): same results as the local executor, a killed driver
-resumed, every unit recorded once; without Ray, one line and exit 2. A killed worker (a whole node) retried and
-resumed, and joining a running cluster, are tests/test_ray_cluster.py's."""
+"""The Ray executor on a real two-node Ray cluster on this machine (`ray start` in subprocesses, no mocks), and on
+the local instance a run starts by default: the local executor's accuracies, a killed driver resumed, a killed
+worker node retried and resumed, every unit recorded once; without Ray, one line and exit 2. (An address nothing
+answers is refused before torch is imported: tests/test_cli.py's light commands.)
+
+The head and the worker node run with environments unlike the driver's (the head's NIN_BENCH_DATA points at
+nothing, the worker node has none), so a run passes only when the driver's data root and code reach the tasks.
+One cluster serves the module (starting one costs about 10 s, a local instance about 15 s); the last test kills
+its worker node. Every process a test starts is in a process group of its own, killed at the end, and the cluster
+lives under its own --temp-dir and free ports, so no other Ray instance on the machine is touched.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
+from nin_bench.cli import main  # noqa: E402
+from nin_bench.data.datasets import DataError  # noqa: E402
 from nin_bench.measure.ceilings import Ceilings  # noqa: E402
-from nin_bench.run.ray_executor import unit_resources  # noqa: E402
+from nin_bench.run.ray_executor import RayUnavailable, check_fits, run_on_ray, unit_resources  # noqa: E402
 from nin_bench.run.runner import run_suite  # noqa: E402
 from nin_bench.run.stages import Unit  # noqa: E402
+from nin_bench.run.unit import RunContext  # noqa: E402
 from nin_bench.store.folder import ResultsDir  # noqa: E402
 from nin_bench.store.records import record_key  # noqa: E402
 from nin_bench.suite.config import resolve_protocol, validate  # noqa: E402
 from nin_bench.suite.variants import expand_grid  # noqa: E402
 
 needs_data = pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="set NIN_BENCH_DATA (CI: ../shared/data)")
+# A node whose process dies is declared dead after ~3 s instead of Ray's default ~30 s; token authentication
+# (Ray's default for `ray start --head`) is off, so the test needs no token file of the user's.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+           "RAY_health_check_failure_threshold": "3", "RAY_USAGE_STATS_ENABLED": "0"}
 
+TRAIN = {"epochs": 2, "subset": 800, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
+         "warmup_epochs": 0.0, "augment": "none"}
 RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
        "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
        "grid": {"model.n_1x1": [1]},
        "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3}, "threads": 1,
-       "train": {"epochs": 2, "subset": 800, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
-                 "warmup_epochs": 0.0, "augment": "none"}}
+       "train": TRAIN}
+# RAW's training as a suite file for the CLI: the resumed run must give the local executor's accuracies
+SUITE = """
+name: ray
+seeds: [0, 1]
+stages: [profile, train]   # what is killed and resumed is training (no timing: no ceilings to measure)
+threads: 1
+model: {width: 0.125, batchnorm: true, dropout: 0.0}
+data: {dataset: fashion_mnist}
+grid: {model.n_1x1: [1]}
+train: {epochs: 2, subset: 800, val_size: 200, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
+        augment: none}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NIN_BENCH_", "RAY_"))}
+    return {**env, **RAY_ENV, **extra}
+
+
+class Cluster:
+    """A head and a worker node, each `ray start`ed as the leader of its own process group."""
+
+    def __init__(self, tmp: Path, data: str) -> None:
+        self.tmp, self.data = tmp, data
+        self.port, self.client_port = _free_port(), _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.groups: dict[str, int] = {}
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115  (kept open by the daemons it starts)
+        proc = subprocess.Popen(["ray", "start", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", *args],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.groups[name] = proc.pid  # the daemons stay in this group after `ray start` returns
+        assert proc.wait(timeout=120) == 0, (self.tmp / f"{name}.log").read_text()[-3000:]
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the node: its daemons' group and the workers its raylet started (each in a group of its own)."""
+        group = self.groups.pop(name, None)
+        for pid in _node_processes(group) if group else []:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def driver_env(self) -> dict[str, str]:
+        """The driver's shell: the data root set here only, RAY_ADDRESS for `--ray-address auto`."""
+        return _env(NIN_BENCH_DATA=self.data, RAY_ADDRESS=self.address)
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray instance for the module (2 CPUs: two 1-thread units side by side); yields its address, which
-    a driver in another process joins with --ray-address."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def cluster():
+    data = os.environ.get("NIN_BENCH_DATA")
+    if not data:
+        pytest.skip("set NIN_BENCH_DATA (CI: ../shared/data)")
+    tmp = Path(tempfile.mkdtemp(prefix="nbray", dir="/tmp"))  # short: Ray's socket paths live under it
+    c = Cluster(tmp, str(Path(data).resolve()))
+    try:
+        c.start("head", ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}",
+                         f"--dashboard-port={_free_port()}", "--include-dashboard=false", f"--temp-dir={tmp}"],
+                _env(NIN_BENCH_DATA=str(tmp / "no-data-here")))
+        c.start("worker", [f"--address={c.address}"], _env())
+        yield c
+    finally:
+        c.kill("worker")
+        c.kill("head")
+        shutil.rmtree(tmp, ignore_errors=True)  # the cluster's logs and sockets
+
+
 
 
 @pytest.fixture(scope="module")
 def local_accuracies(tmp_path_factory):
-    """The local executor's test accuracies for RAW's training (both tests here compare Ray's to them)."""
+    """The local executor's test accuracies for RAW's training (the Ray runs here are compared to them)."""
     cfg, protocol, _ = resolve_protocol(validate({**RAW, "stages": ["train"]}), cuda=False)
     out = tmp_path_factory.mktemp("local")
     run_suite(cfg, out, protocol=protocol, progress=False, log=lambda m: None, figures=False)
     return _accuracies(out)
 
 
-def _accuracies(out):
+def _accuracies(out: Path) -> dict:
     records = ResultsDir(out).read_records()
     assert len({record_key(r) for r in records}) == len(records)  # every record once
+    assert all(r["status"] == "ok" for r in records)
     return {(r["variant"], r["seed"]): r["test_acc"] for r in records if r["stage"] == "train"}
 
 
-@needs_data
-def test_ray_gives_the_local_executors_accuracies(ray_session, local_accuracies, tmp_path, no_figures):
-    cfg, protocol, _ = resolve_protocol(validate(RAW), cuda=False)
-    logs = []
-    fixed = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # the accuracies are compared, not the MFU
-    run_suite(cfg, tmp_path / "ray", protocol=protocol, progress=False, log=logs.append, executor="ray",
-              ceilings=fixed)
-    remote = _accuracies(tmp_path / "ray")
-    assert len(local_accuracies) == 2 and remote == local_accuracies  # same seeds, same threads: bit-identical
-    assert (tmp_path / "ray" / "report.md").exists()
-    assert "4 units to run" in next(m for m in logs if "ray executor" in m)  # profile, timing, two seeds
-    timing = [r for r in ResultsDir(tmp_path / "ray").read_records() if r["stage"] == "timing"]
-    assert timing and {r["peak_tflops"] for r in timing} == {0.1}  # the driver's ceilings reached the worker
+def _cmd(suite: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
+            "--no-progress", "--no-figures", "--executor", "ray", *extra]
 
 
 def test_resources_per_unit():
@@ -80,26 +156,67 @@ def test_resources_per_unit():
     assert unit_resources(Unit(variant, "profile"), "cpu", 2) == {"num_cpus": 1, "num_gpus": 0}
 
 
-SUITE = """
-name: ray
-seeds: [0, 1]
-stages: [profile, train]   # what these tests kill and resume is training (no timing: no ceilings to measure)
-threads: 1
-model: {width: 0.125, batchnorm: true, dropout: 0.0}
-data: {dataset: fashion_mnist}
-grid: {model.n_1x1: [1]}
-timing: {batch_sizes: [2, 8], reference_batch_size: 8, warmup: 1, repeats: 3}
-train: {epochs: 2, subset: 800, val_size: 200, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
-        augment: none}   # RAW's training: the resumed run must give the local executor's accuracies
-"""
+def test_a_unit_no_node_can_hold_is_refused():
+    variant = expand_grid(resolve_protocol(validate({"name": "t", "grid": {"model.n_1x1": [0]}}), cuda=False)[0])[0]
+    cpu_node = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1.0}}]
+    check_fits([Unit(variant, "train", 0)], "cpu", 4, cpu_node)
+    with pytest.raises(RayUnavailable, match="needs 1 CPUs and 1 GPUs.*--device cpu"):
+        check_fits([Unit(variant, "train", 0)], "cuda", 1, cpu_node)
+    with pytest.raises(RayUnavailable, match="needs 6 CPUs.*threads=4"):
+        check_fits([Unit(variant, "timing")], "cpu", 6, cpu_node)
 
 
-def _cmd(suite, out, *extra):
-    return [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
-            "--no-progress", "--no-figures", "--executor", "ray", *extra]
+def test_without_ray_the_executor_exits_2_with_one_line(tmp_path, monkeypatch, capfd):
+    """In this process (the refusal comes before any import of Ray): a Python where Ray is not installed, as
+    find_spec sees it."""
+    import importlib.util
+
+    (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ray" else real(n, *a))
+    code = main(["run", str(tmp_path / "suite.yaml"), "--executor", "ray", "--out", str(tmp_path / "out")])
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and "pip install" in lines[0] and "[ray]" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
-def _check_once(out):
+@needs_data
+def test_ray_client_join_gives_the_local_executors_results(cluster, local_accuracies, tmp_path, no_figures):
+    """ray:// from this process: the data root only in the driver's environment, the code through py_modules, the
+    driver's ceilings handed to the timing unit, both nodes used, the local executor's accuracies."""
+    cfg, protocol, _ = resolve_protocol(validate(RAW), cuda=False)
+    logs = []
+    fixed = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # the accuracies are compared, not the MFU
+    run_suite(cfg, tmp_path / "ray", protocol=protocol, progress=False, log=logs.append, executor="ray",
+              ray_address=f"ray://127.0.0.1:{cluster.client_port}", ceilings=fixed)
+    assert not ray.is_initialized()  # the run disconnected what it connected
+    assert any("worker processes on 2 nodes" in m for m in logs), logs
+    assert "4 units to run" in next(m for m in logs if "ray executor" in m)  # profile, timing, two seeds
+    assert list(cluster.tmp.glob("session_*/runtime_resources/py_modules_files/*"))  # this checkout's code went
+    assert _accuracies(tmp_path / "ray") == local_accuracies and len(local_accuracies) == 2  # bit-identical
+    assert (tmp_path / "ray" / "report.md").exists()
+    timing = [r for r in ResultsDir(tmp_path / "ray").read_records() if r["stage"] == "timing"]
+    assert timing and {r["peak_tflops"] for r in timing} == {0.1}  # the driver's ceilings reached the worker
+
+
+@needs_data
+def test_no_fitting_node_and_missing_data_are_one_line_errors(cluster, tmp_path):
+    """Joined by the head's GCS address: two threads fit no 1-CPU node; with one, the unit runs and finds no data
+    (the message names the node)."""
+    raw = {"name": "t", "model": {"width": 0.125}, "grid": {"model.n_1x1": [0]}, "data": {"root": "/no/such/data"}}
+    cfg, protocol, _ = resolve_protocol(validate(raw), cuda=False)
+    units = [Unit(expand_grid(cfg)[0], "train", 0)]
+    ctx = RunContext(ResultsDir(tmp_path / "out"), "cpu", "cpu", protocol, False)
+    quiet = type("Bar", (), {"set_postfix_str": lambda self, s: None})()
+    with pytest.raises(RayUnavailable, match="needs 2 CPUs.*threads=1"):
+        run_on_ray(units, ctx, [], lambda u, r: None, quiet, address=cluster.address, threads=2, log=lambda m: None)
+    with pytest.raises(DataError, match=f"^DataError on Ray node {socket.gethostname()}|on Ray node"):
+        run_on_ray(units, ctx, [], lambda u, r: None, quiet, address=cluster.address, threads=1, log=lambda m: None)
+    assert not ray.is_initialized()
+
+
+def _check_once(out: Path) -> None:
     records = ResultsDir(out).read_records()
     assert len({record_key(r) for r in records}) == len(records)
     finals = Counter((r["variant"], r.get("seed")) for r in records if r["stage"] == "train")
@@ -107,9 +224,10 @@ def _check_once(out):
 
 
 @needs_data
-def test_a_killed_driver_is_resumed_without_rerunning_finished_units(ray_session, local_accuracies, tmp_path):
-    """Killed while running on a local instance of its own (the default); resumed by a driver joining a running
-    instance (this module's), to the local executor's accuracies."""
+def test_a_killed_driver_is_resumed_without_rerunning_finished_units(cluster, local_accuracies, tmp_path):
+    """Killed while running on a local instance of its own (the default: no --ray-address); resumed by the same
+    command joining a running cluster (this module's, from this process: no second interpreter start-up), to the
+    local executor's accuracies."""
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE)
     out = tmp_path / "out"
@@ -125,9 +243,8 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_units(ray_session
     before = ResultsDir(out).read_records()
     finished = {(r["variant"], r["stage"], r.get("seed")) for r in before if r["stage"] in ("profile", "train")}
     assert finished
-    again = subprocess.run(_cmd(suite, out, "--ray-address", ray_session), capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert main(_cmd(suite, out, "--ray-address", cluster.address)[3:]) == 0  # `run ...` in this process
+    assert not ray.is_initialized()
     after = ResultsDir(out).read_records()
     assert after[:len(before)] == before  # the folder only grew
     rerun = {(r["variant"], r["stage"], r.get("seed")) for r in after[len(before):]} & finished
@@ -136,18 +253,43 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_units(ray_session
     assert _accuracies(out) == local_accuracies
 
 
-def test_without_ray_the_executor_exits_2_with_one_line(tmp_path, monkeypatch, capfd):
-    """In this process (the refusal comes before any import of Ray): a Python where Ray is not installed, as
-    find_spec sees it."""
-    import importlib.util
+KILL_SUITE = SUITE.replace("stages: [profile, train]", "stages: [train]").replace(
+    "epochs: 2, subset: 800", "epochs: 4, subset: 2000")
 
-    from nin_bench.cli import main
 
-    (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ray" else real(n, *a))
-    code = main(["run", str(tmp_path / "suite.yaml"), "--executor", "ray", "--out", str(tmp_path / "out")])
-    lines = capfd.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(lines) == 1 and "pip install" in lines[0] and "[ray]" in lines[0]
-    assert not (tmp_path / "out").exists()
+def _node_processes(group: int) -> dict[str, str]:
+    """pid -> command line of a node's processes: the group `ray start` left, and the workers its raylet forked."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,pgid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) for line in ps.splitlines()[1:]]
+    daemons = {r[0] for r in rows if r[1] == str(group)}
+    return {r[0]: r[3] if len(r) > 3 else "" for r in rows if r[0] in daemons or r[2] in daemons}
+
+
+def _node_training(group: int) -> bool:
+    return any("ray::nin_bench" in args and " train s" in args for args in _node_processes(group).values())
+
+
+@needs_data
+def test_a_worker_node_killed_mid_training_is_retried_on_the_head_and_resumes(cluster, tmp_path):
+    """Runs last: the worker node does not come back."""
+    suite, out = tmp_path / "suite.yaml", tmp_path / "out"
+    suite.write_text(KILL_SUITE)
+    cmd = [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
+           "--no-progress", "--no-figures", "--executor", "ray", "--ray-address", "auto"]
+    proc = subprocess.Popen(cmd, env=cluster.driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd="/")
+    killed, deadline, seen = False, time.time() + 240, set()
+    while not killed and proc.poll() is None and time.time() < deadline:
+        # both seeds (one per node) have an epoch on disk and the worker node is still training: kill the node
+        seen |= set(_node_processes(cluster.groups["worker"]).values())
+        if len(list((out / ".cache" / "checkpoints").glob("*"))) >= 2 and _node_training(cluster.groups["worker"]):
+            cluster.kill("worker")
+            killed = True
+        time.sleep(0.1)
+    output = proc.communicate(timeout=300)[0]
+    assert killed, output[-2000:] + str(seen)[-2000:]
+    assert proc.returncode == 0, output[-3000:]
+    records = ResultsDir(out).read_records()
+    assert sorted(r["seed"] for r in records if r["stage"] == "train") == [0, 1]
+    assert all(r["status"] == "ok" for r in records)
+    assert "resumed" in output.lower(), output[-3000:]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nin_bench.data.datasets import DataError
-from nin_bench.errors import UserError
+from nin_bench.run.ray_address import RayUnavailable
 from nin_bench.run.stages import failed_unit, run_unit
 from nin_bench.run.unit import DeadlineReached, RunContext, Unit, UnitResult, unit_records
 from nin_bench.store.folder import ResultsDir
@@ -32,20 +32,11 @@ from nin_bench.store.folder import ResultsDir
 # System failures (a killed worker process, a lost node) are retried; exceptions inside a unit are not (they
 # are that unit's error record already, see stages.run_unit).
 MAX_RETRIES = 3
-# How long the driver waits for a TCP answer from the cluster's address before giving up: a live head answers in
-# milliseconds even across a data centre, and Ray's own client would instead retry for minutes.
-CONNECT_TIMEOUT_S = 10.0
-# Ray's default ports: GCS (`ray start --head --port`) and the Ray Client server (`--ray-client-server-port`).
-GCS_PORT, CLIENT_PORT = 6379, 10001
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the nin_bench package of this checkout (py_modules)
 
 # Decoded data sets of this worker process, kept between the units it runs (a Ray worker serves many units of
 # one job; reloading Fashion-MNIST or CIFAR-10 per unit is what long-lived workers are meant to save).
 _WORKER_DATASETS: dict[str, Any] = {}
-
-
-class RayUnavailable(UserError):
-    """The Ray cluster cannot be reached or cannot run a unit (one line: the address or the resource, the remedy)."""
 
 
 def unit_resources(unit: Unit, device: str, threads: int) -> dict[str, float]:
@@ -99,51 +90,6 @@ def job_runtime_env() -> dict[str, Any]:
         if env.get(key):
             env[key] = str(Path(env[key]).expanduser().resolve())
     return {"env_vars": env, "py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__", "*.pyc"]}
-
-
-def probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast, with one line, when nothing answers at a cluster address ("auto" is left to Ray).
-
-    Args:
-        address: "HOST:PORT" (the head's GCS) or "ray://HOST[:PORT]" (its Ray Client server).
-        timeout_s: how long a TCP connect may take.
-
-    Raises:
-        RayUnavailable: a malformed address, or no TCP answer within `timeout_s`.
-    """
-    if address == "auto":
-        return
-    client = address.startswith("ray://")
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep:
-        host, port = port, str(CLIENT_PORT if client else GCS_PORT)
-    if not host or not port.isdigit():
-        raise RayUnavailable(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise RayUnavailable(f"no Ray cluster at {address}: TCP connect to {host}:{port} failed within "
-                             f"{timeout_s:g} s ({why}); start one with `ray start --head` or fix "
-                             "--ray-address") from None
-    _probe_grpc(address, f"{host}:{port}", timeout_s)
-
-
-def _probe_grpc(address: str, target: str, timeout_s: float) -> None:
-    """Both a head's GCS and its Ray Client server speak gRPC: a port that accepts TCP but never completes the
-    gRPC handshake is not a Ray head (Ray itself would wait on it for minutes). Skipped without grpcio."""
-    try:
-        import grpc
-    except ImportError:
-        return
-    channel = grpc.insecure_channel(target)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout_s)
-    except grpc.FutureTimeoutError:
-        raise RayUnavailable(f"no Ray cluster at {address}: {target} accepts TCP but gave no gRPC answer within "
-                             f"{timeout_s:g} s (not a Ray head's GCS or Ray Client port?)") from None
-    finally:
-        channel.close()
 
 
 def _start(address: str | None, threads: int, log: Callable[[str], None]) -> bool:

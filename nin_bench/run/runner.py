@@ -288,7 +288,7 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         FolderBusy: another process is running in this folder.
     """
     if executor == "ray" and ray_address:  # an address that does not answer: one line before anything is touched
-        from nin_bench.run.ray_executor import probe
+        from nin_bench.run.ray_address import probe
 
         probe(ray_address)
     rd = ResultsDir(out_dir)
