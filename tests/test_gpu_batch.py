@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from nin_bench.measure import timing
 from nin_bench.measure.ceilings import Ceilings
 from nin_bench.run import gpu_session as gs
-from nin_bench.measure import timing
 from nin_bench.run import unit as unit_mod
 from nin_bench.run.budget import Budget, Tally
-from nin_bench.run.timing_stage import timing_settings
 from nin_bench.run.pool_executor import choose_pack, pack_slowdown
 from nin_bench.run.runner import plan, run_suite
+from nin_bench.run.timing_stage import timing_settings
 from nin_bench.store.folder import ResultsDir
 from nin_bench.store.records import completed, record_key
 from nin_bench.suite.config import resolve_protocol, validate
@@ -31,7 +31,7 @@ FIXED = Ceilings("cpu", {"fp32": 1e11}, 1e10)  # handed in: the ceilings are not
 RAW = {"name": "batch", "seeds": [0, 1], "stages": ["profile", "train"], "threads": 1,
        "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
        "grid": {"model.n_1x1": [0, 1]},
-       "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3,
+       "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3, "min_window_ms": 0.0,
                   "layer_timing": False},
        "train": {"epochs": 1, "subset": 600, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
                  "warmup_epochs": 0.0, "augment": "none"}}

@@ -77,7 +77,7 @@ def test_hitting_the_recompile_limit_raises_instead_of_running_eager(eager_backe
 def test_a_failed_compiled_setting_is_an_error_row_and_the_sweep_goes_on(eager_backend, monkeypatch, tmp_path):
     cfg = validate({"name": "t", "model": {"width": 0.125}, "grid": {"model.n_1x1": [1]},
                     "timing": {"batch_sizes": [2, 4], "reference_batch_size": 4, "compile": [True, False],
-                               "warmup": 1, "repeats": 3, "layer_timing": False}})
+                               "warmup": 1, "repeats": 3, "min_window_ms": 0.0, "layer_timing": False}})
     cfg, protocol, _ = resolve_protocol(cfg, cuda=False)
     variant = expand_grid(cfg)[0]
     real = timing_stage.Contender
@@ -101,7 +101,7 @@ def test_oom_rows_name_their_kind_and_the_next_setting_runs(monkeypatch, tmp_pat
     cfg, protocol, _ = resolve_protocol(validate({
         "name": "t", "model": {"width": 0.125}, "grid": {"model.n_1x1": [0]}, "timing": {
             "batch_sizes": [2, 4], "reference_batch_size": 4, "modes": ["forward"], "warmup": 1, "repeats": 3,
-            "layer_timing": False}}),
+            "min_window_ms": 0.0, "layer_timing": False}}),
         cuda=False)
     real = timing_stage.Contender
 

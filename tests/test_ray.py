@@ -49,7 +49,8 @@ TRAIN = {"epochs": 2, "subset": 800, "val_size": 200, "batch_size": 64, "lr": 0.
 RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
        "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
        "grid": {"model.n_1x1": [1]},
-       "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3}, "threads": 1,
+       "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3,
+                  "min_window_ms": 0.0}, "threads": 1,
        "train": TRAIN}
 # RAW's training as a suite file for the CLI: the resumed run must give the local executor's accuracies
 SUITE = """

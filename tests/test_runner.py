@@ -25,14 +25,15 @@ from nin_bench.suite.config import (
 ROOT = Path(__file__).parents[1]
 # No runner test checks a figure (tests/test_report.py does): each run's report draws none.
 pytestmark = pytest.mark.usefixtures("no_figures")
-SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3}
+# no minimum window (`min_window_ms`): these tests check what the runner does with timing rows, not their noise
+SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3, "min_window_ms": 0.0}
 # Fixed ceilings handed to the runs of tests that do not check the measured ones (measuring costs ~20 s a run).
 FIXED = Ceilings("cpu", {"fp32": 1e11, "bf16": 2e11}, 1e10)
 
 
 def _suite(**extra):
-    raw = {"name": "t", "model": {"width": 0.125}, "stages": ["profile", "timing"], "timing": SMALL_TIMING, "threads": 1,
-           "grid": {"data.dataset": ["cifar10", "fashion_mnist"], "model.n_1x1": [0, 2]}, **extra}
+    raw = {"name": "t", "model": {"width": 0.125}, "stages": ["profile", "timing"], "timing": SMALL_TIMING,
+           "threads": 1, "grid": {"data.dataset": ["cifar10", "fashion_mnist"], "model.n_1x1": [0, 2]}, **extra}
     cfg, protocol, _ = resolve_protocol(validate(raw), cuda=False)
     return cfg, protocol
 
@@ -236,10 +237,11 @@ def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
     preds = np.load(tmp_path / final[0]["preds_file"])  # the contract the per-image paired tests read
     assert final[0]["preds_file"] == f"preds/{final[0]['variant']}-seed0.npz"
     assert sorted(preds.files) == ["label", "pred"] and preds["pred"].dtype == preds["label"].dtype == np.uint8
-    assert preds["pred"].shape == (final[0]["test_size"],) and (preds["pred"] == preds["label"]).mean() == pytest.approx(
-        final[0]["test_acc"], abs=1e-12)
+    assert preds["pred"].shape == (final[0]["test_size"],)
+    assert (preds["pred"] == preds["label"]).mean() == pytest.approx(final[0]["test_acc"], abs=1e-12)
     epochs = [r for r in records if r["stage"] == "train_epoch"]
-    assert all(0 < r["train_eval_acc"] <= 1 for r in epochs) and final[0]["train_eval_size"] == 2000  # all 2,000: fewer than 5,000
+    assert all(0 < r["train_eval_acc"] <= 1 for r in epochs)
+    assert final[0]["train_eval_size"] == 2000  # all 2,000: fewer than 5,000
     assert all(r["head_dropout"] == 0.0 for r in records)  # a GAP head has no dropout layer
     assert not list((tmp_path / ".cache" / "checkpoints").glob("*.pt"))  # finished runs drop their checkpoint
     summary = pd.read_csv(tmp_path / "summary.csv")
