@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 ray = pytest.importorskip("ray")
 
@@ -53,18 +54,12 @@ RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
        "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3,
                   "min_window_ms": 0.0}, "threads": 1,
        "train": TRAIN}
-# RAW's training as a suite file for the CLI: the resumed run must give the local executor's accuracies
-SUITE = """
-name: ray
-seeds: [0, 1]
-stages: [profile, train]   # what is killed and resumed is training (no timing: no ceilings to measure)
-threads: 1
-model: {width: 0.125, batchnorm: true, dropout: 0.0}
-data: {dataset: fashion_mnist}
-grid: {model.n_1x1: [1]}
-train: {epochs: 2, subset: 800, val_size: 200, batch_size: 64, lr: 0.1, schedule: cosine, warmup_epochs: 0,
-        augment: none}
-"""
+# RAW's training as a suite file for the CLI (what is killed and resumed is training: no timing, no ceilings to
+# measure); the resumed run must give the local executor's accuracies
+SUITE = yaml.safe_dump({**{k: v for k, v in RAW.items() if k != "timing"}, "stages": ["profile", "train"]})
+# long enough to kill a node mid-training: both seeds checkpointed, one still training on the worker node
+KILL_SUITE = yaml.safe_dump({**yaml.safe_load(SUITE), "stages": ["train"], "train": {**TRAIN, "epochs": 4,
+                                                                                      "subset": 2000}})
 
 
 def _free_port() -> int:
@@ -125,8 +120,6 @@ def cluster():
         c.kill("worker")
         c.kill("head")
         shutil.rmtree(tmp, ignore_errors=True)  # the cluster's logs and sockets
-
-
 
 
 @pytest.fixture(scope="module")
@@ -253,10 +246,6 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_units(cluster, lo
     assert not rerun
     _check_once(out)
     assert _accuracies(out) == local_accuracies
-
-
-KILL_SUITE = SUITE.replace("stages: [profile, train]", "stages: [train]").replace(
-    "epochs: 2, subset: 800", "epochs: 4, subset: 2000")
 
 
 def _node_processes(group: int) -> dict[str, str]:
