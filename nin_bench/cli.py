@@ -139,9 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             probe(args.ray_address)
     elif args.ray_address:
         raise UserError("--ray-address needs --executor ray")
+    cfg, protocol, _, fallback = _resolved(args)  # a malformed suite is refused before the runner's imports
     from nin_bench.run.runner import run_suite
 
-    cfg, protocol, _, fallback = _resolved(args)
     out = args.out or ResultsDir.for_suite(cfg.name).root
     run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
               ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation,

@@ -34,8 +34,8 @@ def nin(*args, cwd=ROOT):
      "unknown protocol 'nope'; built-in: cpu_converged, cpu_short"),
 ])
 def test_malformed_config_exits_2_with_one_line(tmp_path, capfd, text, needle):
-    """In this process (`main` returns the exit code; capfd sees what reaches fd 2): a `python -m nin_bench run`
-    costs ~6 s of imports each. The exit status through the interpreter is the next test's."""
+    """In this process (`main` returns the exit code; capfd sees what reaches fd 2). The exit status through the
+    interpreter, refused before torch is imported, is the light commands' test's."""
     from nin_bench.cli import main
 
     cfg = tmp_path / "c.yaml"
@@ -47,17 +47,6 @@ def test_malformed_config_exits_2_with_one_line(tmp_path, capfd, text, needle):
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert needle in err
-
-
-def test_malformed_config_exits_2_with_one_line_from_the_interpreter(tmp_path):
-    """The same through `python -m nin_bench run`: exit status 2, one stderr line, no traceback."""
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("name: t\ngrid: {model.n_1x1: [0]}\nstages: [profile, bake]\n")
-    res = nin("run", str(cfg), "--out", str(tmp_path / "out"), "--no-progress")
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
-    assert "unknown stage 'bake'" in res.stderr
 
 
 def test_unreadable_and_missing_files(tmp_path):
@@ -187,8 +176,8 @@ sys.meta_path.insert(0, _NoTorch())
 
 
 def test_light_commands_never_import_torch(tmp_path):
-    """--help, list (--explain, --quick), report and compare on a committed folder, and `run` refusing a Ray
-    address that does not answer, with `import torch` made to fail."""
+    """--help, list (--explain, --quick), report and compare on a committed folder, and `run` refusing a
+    malformed suite and a Ray address that does not answer, with `import torch` made to fail."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(NO_TORCH)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
@@ -211,6 +200,11 @@ def test_light_commands_never_import_torch(tmp_path):
     assert (tmp_path / "d2l" / "report.md").exists() and list((tmp_path / "d2l" / "figures").glob("*.png"))
     res = light("compare", str(ROOT / "results" / "one_by_one"), str(ROOT / "results" / "one_by_one"))
     assert res.returncode == 0 and "36 rows joined: 0 slower, 0 faster, 36 not resolved (~)" in res.stdout, res.stderr
+    # a malformed suite: `run` exits 2 through the interpreter with one line, no traceback, before torch
+    (tmp_path / "bad.yaml").write_text("name: t\ngrid: {model.n_1x1: [0]}\nstages: [profile, bake]\n")
+    res = light("run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out"), "--no-progress")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "unknown stage 'bake'" in res.stderr
     if importlib.util.find_spec("ray") is None:
         return
     # a Ray address nothing answers is refused before torch (or Ray) is imported: one line within seconds, where
