@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tqdm import tqdm
 
 ray = pytest.importorskip("ray")
 
@@ -203,7 +204,7 @@ def test_no_fitting_node_and_missing_data_are_one_line_errors(cluster, tmp_path)
     cfg, protocol, _ = resolve_protocol(validate(raw), cuda=False)
     units = [Unit(expand_grid(cfg)[0], "train", 0)]
     ctx = RunContext(ResultsDir(tmp_path / "out"), "cpu", "cpu", protocol, False)
-    quiet = type("Bar", (), {"set_postfix_str": lambda self, s: None})()
+    quiet = tqdm(disable=True)
     with pytest.raises(RayUnavailable, match="needs 2 CPUs.*threads=1"):
         run_on_ray(units, ctx, [], lambda u, r: None, quiet, address=cluster.address, threads=2, log=lambda m: None)
     with pytest.raises(DataError, match=f"^on Ray node {re.escape(socket.gethostname())} "):
@@ -212,10 +213,9 @@ def test_no_fitting_node_and_missing_data_are_one_line_errors(cluster, tmp_path)
 
 
 def _check_once(out: Path) -> None:
-    records = ResultsDir(out).read_records()
-    assert len({record_key(r) for r in records}) == len(records)
-    finals = Counter((r["variant"], r.get("seed")) for r in records if r["stage"] == "train")
-    assert sorted(finals.values()) == [1] * 2 and all(r["status"] == "ok" for r in records)
+    """One final training record per seed (`_accuracies` checks every record once and every status)."""
+    finals = Counter((r["variant"], r.get("seed")) for r in ResultsDir(out).read_records() if r["stage"] == "train")
+    assert sorted(finals.values()) == [1] * 2
 
 
 @needs_data
@@ -265,10 +265,8 @@ def test_a_worker_node_killed_mid_training_is_retried_on_the_head_and_resumes(cl
     """Runs last: the worker node does not come back."""
     suite, out = tmp_path / "suite.yaml", tmp_path / "out"
     suite.write_text(KILL_SUITE)
-    cmd = [sys.executable, "-m", "nin_bench", "run", str(suite), "--out", str(out), "--device", "cpu",
-           "--no-progress", "--no-figures", "--executor", "ray", "--ray-address", "auto"]
-    proc = subprocess.Popen(cmd, env=cluster.driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd="/")
+    proc = subprocess.Popen(_cmd(suite, out, "--ray-address", "auto"), env=cluster.driver_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/")
     killed, deadline, seen = False, time.time() + 240, set()
     while not killed and proc.poll() is None and time.time() < deadline:
         # both seeds (one per node) have an epoch on disk and the worker node is still training: kill the node
