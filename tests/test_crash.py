@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import forked_cli
 import numpy as np
@@ -81,14 +81,11 @@ def _cmd(suite: Path, out: Path) -> list[str]:
             "--device", "cpu", "--no-progress", "--no-figures"]
 
 
-def _run(suite: Path, out: Path, env: dict[str, str], crash_at: str | None = None,
-         forked: bool = True) -> subprocess.CompletedProcess:
-    """The command, by default in a child forked from this process (`forked_cli`: the CLI's `main` without ~8 s
-    of imports per run; killed and resumed the same); `forked=False` starts `python -m nin_bench` itself."""
+def _run(suite: Path, out: Path, env: dict[str, str], crash_at: str | None = None) -> subprocess.CompletedProcess:
+    """The command in a child forked from this process (`forked_cli`: the CLI's `main` without ~8 s of imports per
+    run; killed and resumed the same)."""
     env = {**env, CRASH_AT: crash_at} if crash_at else env
-    if forked:
-        return forked_cli.run(_cmd(suite, out)[3:], env, timeout=600)
-    return subprocess.run(_cmd(suite, out), env=env, capture_output=True, text=True, timeout=600, check=False)
+    return forked_cli.run(_cmd(suite, out)[3:], env, timeout=600)
 
 
 def _outcome(rd: ResultsDir) -> dict[str, Any]:
@@ -116,13 +113,41 @@ def _outcome(rd: ResultsDir) -> dict[str, Any]:
     return out
 
 
+class Reference:
+    """The uninterrupted run, in a real interpreter (the forked runs must give its numbers), started when the module
+    starts and waited for only when its numbers are first needed: it uses one core (`threads: 1`) while the first
+    killed runs use the other."""
+
+    def __init__(self, suite: Path, out: Path, env: dict[str, str]) -> None:
+        from nin_bench.suite.config import load_config, resolve_protocol
+        from nin_bench.suite.variants import expand_grid
+
+        self.rd = ResultsDir(out)
+        self.variant = expand_grid(resolve_protocol(load_config(suite, []), cuda=False)[0])[0].id
+        self.proc = subprocess.Popen(_cmd(suite, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self._numbers: dict[Any, Any] | None = None
+
+    @property
+    def numbers(self) -> dict[Any, Any]:
+        if self._numbers is None:
+            err = self.proc.communicate(timeout=600)[1]
+            assert self.proc.returncode == 0, err[-3000:]
+            assert self.rd.read_records()[0]["variant"] == self.variant  # the id these tests name checkpoints by
+            self._numbers = _outcome(self.rd)
+        return self._numbers
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, suite: Path, env: dict[str, str]) -> dict[str, Any]:
-    """The uninterrupted run: its numbers and its variant id."""
-    rd = ResultsDir(tmp_path_factory.mktemp("reference"))
-    done = _run(suite, rd.root, env, forked=False)  # a real interpreter: the forked runs must give its numbers
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {"numbers": _outcome(rd), "variant": rd.read_records()[0]["variant"]}
+def reference(tmp_path_factory: pytest.TempPathFactory, suite: Path, env: dict[str, str]) -> Iterator[Reference]:
+    ref = Reference(suite, tmp_path_factory.mktemp("reference"), env)
+    yield ref
+    ref.stop()
 
 
 @dataclass
@@ -158,14 +183,14 @@ def _kill_at(suite: Path, rd: ResultsDir, env: dict[str, str], variant: str, cra
     return _left(rd, variant)
 
 
-def _resume(suite: Path, rd: ResultsDir, env: dict[str, str], reference: dict[str, Any],
+def _resume(suite: Path, rd: ResultsDir, env: dict[str, str], reference: Reference,
             kept: list[tuple[int, dict]]) -> None:
     """Run the same command again, unarmed: it must finish with the reference numbers, every unit recorded once,
     and the `kept` (seed, epoch row) pairs of the killed runs' checkpoints recorded verbatim (times included:
     the resumed run carried on from the checkpoint rather than training those epochs again)."""
     done = _run(suite, rd.root, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _outcome(rd) == reference["numbers"]
+    assert _outcome(rd) == reference.numbers
     rows = {(r["seed"], r["epoch"]): r for r in rd.read_records() if r["stage"] == "train_epoch"}
     for seed, row in kept:
         assert {k: rows[seed, row["epoch"]][k] for k in row} == row
@@ -176,9 +201,9 @@ def _kept(left: Left) -> list[tuple[int, dict]]:
 
 
 def test_kill_9_mid_epoch_then_after_a_checkpoint_resumes_from_the_last_one(
-        tmp_path: Path, suite: Path, env: dict[str, str], reference: dict[str, Any]) -> None:
+        tmp_path: Path, suite: Path, env: dict[str, str], reference: Reference) -> None:
     """Killed mid-epoch (between two checkpoints), then just after the first checkpoint of the next seed."""
-    rd, variant = ResultsDir(tmp_path / "out"), reference["variant"]
+    rd, variant = ResultsDir(tmp_path / "out"), reference.variant
     mid = _kill_at(suite, rd, env, variant, f"train:step:{STEPS + 3}")  # the 3rd step of epoch 2 of seed 0
     assert mid.epochs == {0: 1} and mid.recorded == [] and mid.journal is None
     # counts are per process: this run resumes seed 0 after epoch 1 and checkpoints epochs 2 and 3, appends
@@ -203,12 +228,12 @@ def _kill_from_outside(suite: Path, rd: ResultsDir, env: dict[str, str], variant
 
 
 def test_kill_9_from_outside_then_inside_record_appends_keeps_whole_batches_undoes_torn_ones(
-        tmp_path: Path, suite: Path, env: dict[str, str], reference: dict[str, Any]) -> None:
+        tmp_path: Path, suite: Path, env: dict[str, str], reference: Reference) -> None:
     """First a real outside kill -9 once seed 0's first checkpoint is on disk; then kills in each window of
     `ResultsDir.append_records` and between the append and the checkpoint's removal: journal written but no
     records; records written but journal not cleared; records torn mid-batch (a write the kernel had only half
     done: the file is cut inside the batch by hand); appended but checkpoint not yet removed."""
-    rd, variant = ResultsDir(tmp_path / "out"), reference["variant"]
+    rd, variant = ResultsDir(tmp_path / "out"), reference.variant
     outside = _kill_from_outside(suite, rd, env, variant, SEEDS[0])
     assert list(outside.epochs) == [0] and outside.recorded == [] and outside.journal is None
     done = outside.epochs[0]  # 1, unless the kill took a whole epoch to land
