@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -82,6 +83,7 @@ class Cluster:
         self.port, self.client_port = _free_port(), _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.groups: dict[str, int] = {}
+        self.local_accuracies: dict = {}  # the local executor's, for RAW's training (the `cluster` fixture's)
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115  (kept open by the daemons it starts)
@@ -106,28 +108,42 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster():
+    """The two nodes, started in a thread while this one trains the local executor's reference (`RAW`'s training,
+    one thread: `cluster.local_accuracies`), so that `ray start`'s waiting and the training share the two cores."""
     data = os.environ.get("NIN_BENCH_DATA")
     if not data:
         pytest.skip("set NIN_BENCH_DATA (CI: ../shared/data)")
     tmp = Path(tempfile.mkdtemp(prefix="nbray", dir="/tmp"))  # short: Ray's socket paths live under it
     c = Cluster(tmp, str(Path(data).resolve()))
+    failed: list[BaseException] = []
+
+    def start_nodes() -> None:
+        try:
+            c.start("head", ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}",
+                             f"--dashboard-port={_free_port()}", "--include-dashboard=false", f"--temp-dir={tmp}"],
+                    _env(NIN_BENCH_DATA=str(tmp / "no-data-here")))
+            c.start("worker", [f"--address={c.address}"], _env())
+        except BaseException as exc:  # noqa: BLE001  (raised again in the fixture's thread)
+            failed.append(exc)
+
+    starter = threading.Thread(target=start_nodes)
+    starter.start()
     try:
-        c.start("head", ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}",
-                         f"--dashboard-port={_free_port()}", "--include-dashboard=false", f"--temp-dir={tmp}"],
-                _env(NIN_BENCH_DATA=str(tmp / "no-data-here")))
-        c.start("worker", [f"--address={c.address}"], _env())
+        c.local_accuracies = _local_accuracies(tmp / "local")
+        starter.join()
+        if failed:
+            raise failed[0]
         yield c
     finally:
+        starter.join()
         c.kill("worker")
         c.kill("head")
         shutil.rmtree(tmp, ignore_errors=True)  # the cluster's logs and sockets
 
 
-@pytest.fixture(scope="module")
-def local_accuracies(tmp_path_factory):
+def _local_accuracies(out: Path) -> dict:
     """The local executor's test accuracies for RAW's training (the Ray runs here are compared to them)."""
     cfg, protocol, _ = resolve_protocol(validate({**RAW, "stages": ["train"]}), cuda=False)
-    out = tmp_path_factory.mktemp("local")
     run_suite(cfg, out, protocol=protocol, progress=False, log=lambda m: None, figures=False)
     return _accuracies(out)
 
@@ -178,7 +194,7 @@ def test_without_ray_the_executor_exits_2_with_one_line(tmp_path, monkeypatch, c
 
 
 @needs_data
-def test_ray_client_join_gives_the_local_executors_results(cluster, local_accuracies, tmp_path, no_figures):
+def test_ray_client_join_gives_the_local_executors_results(cluster, tmp_path, no_figures):
     """ray:// from this process: the data root only in the driver's environment, the code through py_modules, the
     driver's ceilings handed to the timing unit, both nodes used, the local executor's accuracies."""
     cfg, protocol, _ = resolve_protocol(validate(RAW), cuda=False)
@@ -190,7 +206,8 @@ def test_ray_client_join_gives_the_local_executors_results(cluster, local_accura
     assert any("worker processes on 2 nodes" in m for m in logs), logs
     assert "4 units to run" in next(m for m in logs if "ray executor" in m)  # profile, timing, two seeds
     assert list(cluster.tmp.glob("session_*/runtime_resources/py_modules_files/*"))  # this checkout's code went
-    assert _accuracies(tmp_path / "ray") == local_accuracies and len(local_accuracies) == 2  # bit-identical
+    local = cluster.local_accuracies
+    assert _accuracies(tmp_path / "ray") == local and len(local) == 2  # bit-identical
     assert (tmp_path / "ray" / "report.md").exists()
     timing = [r for r in ResultsDir(tmp_path / "ray").read_records() if r["stage"] == "timing"]
     assert timing and {r["peak_tflops"] for r in timing} == {0.1}  # the driver's ceilings reached the worker
@@ -219,7 +236,7 @@ def _check_once(out: Path) -> None:
 
 
 @needs_data
-def test_a_killed_driver_is_resumed_without_rerunning_finished_units(cluster, local_accuracies, tmp_path):
+def test_a_killed_driver_is_resumed_without_rerunning_finished_units(cluster, tmp_path):
     """Killed while running on a local instance of its own (the default: no --ray-address); resumed by the same
     command joining a running cluster (this module's, from this process: no second interpreter start-up), to the
     local executor's accuracies."""
@@ -245,7 +262,7 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_units(cluster, lo
     rerun = {(r["variant"], r["stage"], r.get("seed")) for r in after[len(before):]} & finished
     assert not rerun
     _check_once(out)
-    assert _accuracies(out) == local_accuracies
+    assert _accuracies(out) == cluster.local_accuracies
 
 
 def _node_processes(group: int) -> dict[str, str]:
