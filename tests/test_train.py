@@ -119,20 +119,27 @@ def test_one_short_epoch_beats_chance(tiny_run: TrainResult) -> None:
     assert tiny_run.final["time_to_acc_50_s"] == pytest.approx(tiny_run.final["train_time_s"])
 
 
-def test_same_seed_same_accuracy(fashion) -> None:
-    # dropout and crop+flip on: the global generator and the epoch generators must both be seeded alike
-    first, again = (_train(fashion, dropout=0.5, subset=512, val_size=200, augment="crop_flip") for _ in range(2))
+# dropout and crop+flip on: the global generator and the epoch generators are both drawn from
+NOISY = {"dropout": 0.5, "subset": 512, "val_size": 200, "augment": "crop_flip"}
+
+
+@pytest.fixture(scope="module")
+def noisy_run(fashion) -> TrainResult:
+    """One run of the NOISY settings, the reference of the tests that train them again."""
+    return _train(fashion, **NOISY)
+
+
+def test_same_seed_same_accuracy(fashion, noisy_run: TrainResult) -> None:
+    first, again = noisy_run, _train(fashion, **NOISY)
     assert again.final["test_acc"] == first.final["test_acc"]
     assert again.final["test_loss"] == first.final["test_loss"]
     assert again.epochs[0]["train_loss"] == first.epochs[0]["train_loss"]
 
 
-def test_untimed_warm_up_step_leaves_the_run_bit_identical(fashion) -> None:
+def test_untimed_warm_up_step_leaves_the_run_bit_identical(fashion, noisy_run: TrainResult) -> None:
     """The warm-up that absorbs cuDNN's autotuning on CUDA (forced here on the CPU): one forward and backward and
     every evaluation shape before the clock, with RNG, BatchNorm statistics and gradients restored after."""
-    small = {"dropout": 0.5, "subset": 512, "val_size": 200, "augment": "crop_flip"}
-    plain = _train(fashion, **small)
-    warmed = _train_forced(fashion, **small)
+    plain, warmed = noisy_run, _train_forced(fashion, **NOISY)
     assert plain.final["warmup_s"] is None and warmed.final["warmup_s"] > 0
     assert warmed.final["test_acc"] == plain.final["test_acc"]
     assert warmed.final["test_loss"] == plain.final["test_loss"]
