@@ -26,7 +26,11 @@ ROOT = Path(__file__).parents[1]
 # No runner test checks a figure (tests/test_report.py does): each run's report draws none.
 pytestmark = pytest.mark.usefixtures("no_figures")
 # no minimum window (`min_window_ms`): these tests check what the runner does with timing rows, not their noise
-SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3, "min_window_ms": 0.0}
+# Per-layer time (torch.profiler) is most of a small timing unit's cost: only the tests that check layer rows or
+# the memory bandwidth (measured for the layer rows' roofline) measure them (LAYERED).
+SMALL_TIMING = {"batch_sizes": [1, 4], "reference_batch_size": 4, "warmup": 1, "repeats": 3, "min_window_ms": 0.0,
+                "layer_timing": False}
+LAYERED = {**SMALL_TIMING, "layer_timing": True}
 # Fixed ceilings handed to the runs of tests that do not check the measured ones (measuring costs ~20 s a run).
 FIXED = Ceilings("cpu", {"fp32": 1e11, "bf16": 2e11}, 1e10)
 
@@ -93,7 +97,7 @@ def test_committed_results_continue_on_the_same_device_and_are_set_aside_elsewhe
 def test_a_folder_from_another_cpu_keeps_its_counts_and_measures_its_speed_again(tmp_path):
     """Sessions land on different CPU models: a CPU folder continues on any CPU, keeping what does not depend on
     the machine's speed (training, counts) and re-timing here, so no folder mixes two machines' timing rows."""
-    cfg, protocol = _suite(grid={"model.n_1x1": [0, 2]})
+    cfg, protocol = _suite(grid={"model.n_1x1": [0, 2]}, timing=LAYERED)
     _run(cfg, protocol, tmp_path)
     rd = ResultsDir(tmp_path)
     before = rd.read_records()
@@ -120,7 +124,7 @@ def test_a_folder_from_another_cpu_keeps_its_counts_and_measures_its_speed_again
 def test_timing_made_before_rounds_is_measured_again_and_the_rest_stands(tmp_path):
     """Timing rows without `rounds` (a folder timed before interleaved rounds) are re-timed on the same machine;
     its profile records are kept, not re-measured."""
-    cfg, protocol = _suite(grid={"model.n_1x1": [0, 2]})
+    cfg, protocol = _suite(grid={"model.n_1x1": [0, 2]}, timing=LAYERED)
     _run(cfg, protocol, tmp_path)
     rd = ResultsDir(tmp_path)
     before = rd.read_records()
@@ -140,7 +144,7 @@ def test_timing_made_before_rounds_is_measured_again_and_the_rest_stands(tmp_pat
 def test_retime_measures_the_speed_records_again_and_nothing_else(tmp_path):
     """`run --retime`: a folder in rounds on this machine gives up its timing, rounds and layer rows (copied
     aside) and measures them again; its profile records stand."""
-    cfg, protocol = _suite(grid={"model.n_1x1": [0]})
+    cfg, protocol = _suite(grid={"model.n_1x1": [0]}, timing=LAYERED)
     _run(cfg, protocol, tmp_path)
     rd = ResultsDir(tmp_path)
     before = rd.read_records()
@@ -222,7 +226,7 @@ def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
         # (tests/test_gpu_ready.py's inductor pair trains the same model)
         train={"epochs": 2, "subset": 2000, "val_size": 500, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
                "warmup_epochs": 0.0},
-        timing={**SMALL_TIMING, "batch_sizes": [1, 64], "reference_batch_size": 64},
+        timing={**LAYERED, "batch_sizes": [1, 64], "reference_batch_size": 64},
     )
     _run(cfg, protocol, tmp_path)
     records = ResultsDir(tmp_path).read_records()
@@ -251,7 +255,7 @@ def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
 
 def test_timing_alone_still_reports_mfu(tmp_path):
     cfg, protocol = _suite(stages=["timing"], grid={"model.n_1x1": [1]},
-                           timing={**SMALL_TIMING, "batch_sizes": [2], "reference_batch_size": 2})
+                           timing={**LAYERED, "batch_sizes": [2], "reference_batch_size": 2})
     _run(cfg, protocol, tmp_path)
     rows = ResultsDir(tmp_path).read_records()
     timing = [r for r in rows if r["stage"] == "timing"]
@@ -273,7 +277,7 @@ def test_ceilings_are_measured_once_for_the_dtypes_the_timing_units_use(tmp_path
                         lambda shapes, device, dtype: calls.append(("conv", len(shapes))) or 1e11)
     monkeypatch.setattr("nin_bench.measure.ceilings.isa_peak_now", lambda: None)
     monkeypatch.setattr("nin_bench.measure.ceilings.memory_bandwidth", lambda device: calls.append("bw") or 2e10)
-    cfg, protocol = _suite(timing={**SMALL_TIMING, "batch_sizes": [2], "reference_batch_size": 2,
+    cfg, protocol = _suite(timing={**LAYERED, "batch_sizes": [2], "reference_batch_size": 2,
                                    "dtypes": ["fp32", "bf16"], "modes": ["forward"]}, stages=["timing"],
                            grid={"model.n_1x1": [0, 1]})
     logs = _run(cfg, protocol, tmp_path, ceilings=None)
@@ -298,7 +302,7 @@ def test_the_manifest_names_the_ceilings_from_their_measurement_on_and_a_continu
     monkeypatch.setattr("nin_bench.measure.ceilings.conv_peak", lambda shapes, device, dtype: 1e11)
     monkeypatch.setattr("nin_bench.measure.ceilings.isa_peak_now", lambda: None)
     monkeypatch.setattr("nin_bench.measure.ceilings.memory_bandwidth", lambda device: 2e10)
-    cfg, protocol = _suite(stages=["timing"], grid={"model.n_1x1": [0]})
+    cfg, protocol = _suite(stages=["timing"], grid={"model.n_1x1": [0]}, timing=LAYERED)
     real = runner.run_units
 
     def killed(*args, **kwargs):  # the process dies before its first unit is stored
@@ -313,7 +317,7 @@ def test_the_manifest_names_the_ceilings_from_their_measurement_on_and_a_continu
     monkeypatch.setattr(runner, "run_units", real)
     _run(cfg, protocol, tmp_path, ceilings=None)  # the timing is made
     first = json.loads((tmp_path / "manifest.json").read_text())
-    profile_cfg, _ = _suite(stages=["profile"], grid={"model.n_1x1": [0]})
+    profile_cfg, _ = _suite(stages=["profile"], grid={"model.n_1x1": [0]}, timing=LAYERED)
     _run(profile_cfg, protocol, tmp_path, ceilings=None)  # measures no ceiling
     kept = json.loads((tmp_path / "manifest.json").read_text())
     assert {k: kept[k] for k in runner.CEILING_KEYS} == {k: first[k] for k in runner.CEILING_KEYS}
