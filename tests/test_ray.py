@@ -54,7 +54,7 @@ RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
        "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
        "grid": {"model.n_1x1": [1]},
        "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3,
-                  "min_window_ms": 0.0}, "threads": 1,
+                  "min_window_ms": 0.0, "layer_timing": False}, "threads": 1,
        "train": TRAIN}
 # RAW's training as a suite file for the CLI (what is killed and resumed is training: no timing, no ceilings to
 # measure); the resumed run must give the local executor's accuracies
