@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,12 +123,16 @@ def test_a_training_unit_estimated_past_the_deadline_is_not_started(tmp_path):
 
 @needs_data
 def test_the_process_pool_packs_two_runs_and_gives_the_local_numbers(tmp_path):
+    """The local reference trains in a thread while the pool's two workers start (each a fresh interpreter
+    importing torch): the driver of a pool only waits, so the two runs share nothing but the cores."""
     cfg = _cfg(stages=["train"], grid={"model.n_1x1": [1]})
     local, pool = tmp_path / "local", tmp_path / "pool"
-    run_suite(cfg, local, protocol="cpu", progress=False, log=lambda m: None, ceilings=FIXED)
+    reference = ThreadPoolExecutor(1).submit(run_suite, cfg, local, protocol="cpu", progress=False,
+                                             log=lambda m: None, ceilings=FIXED)
     tally = Tally()
     run_suite(cfg, pool, protocol="cpu", progress=False, log=lambda m: None, ceilings=FIXED, executor="pool",
               pack=2, order="seed", tally=tally)
+    reference.result(timeout=600)
 
     def accuracies(folder):
         records = ResultsDir(folder).read_records()
