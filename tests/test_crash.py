@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -114,9 +115,9 @@ def _outcome(rd: ResultsDir) -> dict[str, Any]:
 
 
 class Reference:
-    """The uninterrupted run, in a real interpreter (the forked runs must give its numbers), started when the module
-    starts and waited for only when its numbers are first needed: it uses one core (`threads: 1`) while the first
-    killed runs use the other."""
+    """The uninterrupted run, in a real interpreter (the forked runs must give its numbers), started when the
+    module's first test asks for it and waited for only when its numbers are first needed: it uses one core
+    (`threads: 1`) while that test's killed runs use the other."""
 
     def __init__(self, suite: Path, out: Path, env: dict[str, str]) -> None:
         from nin_bench.suite.config import load_config, resolve_protocol
@@ -124,15 +125,16 @@ class Reference:
 
         self.rd = ResultsDir(out)
         self.variant = expand_grid(resolve_protocol(load_config(suite, []), cuda=False)[0])[0].id
-        self.proc = subprocess.Popen(_cmd(suite, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        self.err = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it while the run goes on
+        self.proc = subprocess.Popen(_cmd(suite, out), env=env, stdout=subprocess.DEVNULL, stderr=self.err)
         self._numbers: dict[Any, Any] | None = None
 
     @property
     def numbers(self) -> dict[Any, Any]:
         if self._numbers is None:
-            err = self.proc.communicate(timeout=600)[1]
-            assert self.proc.returncode == 0, err[-3000:]
+            self.proc.wait(timeout=600)
+            self.err.seek(0)
+            assert self.proc.returncode == 0, self.err.read()[-3000:].decode(errors="replace")
             assert self.rd.read_records()[0]["variant"] == self.variant  # the id these tests name checkpoints by
             self._numbers = _outcome(self.rd)
         return self._numbers
@@ -140,7 +142,8 @@ class Reference:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate()
+        self.proc.wait()
+        self.err.close()
 
 
 @pytest.fixture(scope="module")
