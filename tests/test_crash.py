@@ -17,6 +17,7 @@ fresh interpreter pays and must still reproduce the reference's numbers. The ins
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -127,17 +128,14 @@ class Reference:
         self.variant = expand_grid(resolve_protocol(load_config(suite, []), cuda=False)[0])[0].id
         self.err = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it while the run goes on
         self.proc = subprocess.Popen(_cmd(suite, out), env=env, stdout=subprocess.DEVNULL, stderr=self.err)
-        self._numbers: dict[Any, Any] | None = None
 
-    @property
+    @functools.cached_property
     def numbers(self) -> dict[Any, Any]:
-        if self._numbers is None:
-            self.proc.wait(timeout=600)
-            self.err.seek(0)
-            assert self.proc.returncode == 0, self.err.read()[-3000:].decode(errors="replace")
-            assert self.rd.read_records()[0]["variant"] == self.variant  # the id these tests name checkpoints by
-            self._numbers = _outcome(self.rd)
-        return self._numbers
+        self.proc.wait(timeout=600)
+        self.err.seek(0)
+        assert self.proc.returncode == 0, self.err.read()[-3000:].decode(errors="replace")
+        assert self.rd.read_records()[0]["variant"] == self.variant  # the id these tests name checkpoints by
+        return _outcome(self.rd)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

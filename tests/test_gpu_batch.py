@@ -127,12 +127,13 @@ def test_the_process_pool_packs_two_runs_and_gives_the_local_numbers(tmp_path):
     importing torch): the driver of a pool only waits, so the two runs share nothing but the cores."""
     cfg = _cfg(stages=["train"], grid={"model.n_1x1": [1]})
     local, pool = tmp_path / "local", tmp_path / "pool"
-    reference = ThreadPoolExecutor(1).submit(run_suite, cfg, local, protocol="cpu", progress=False,
-                                             log=lambda m: None, ceilings=FIXED)
     tally = Tally()
-    run_suite(cfg, pool, protocol="cpu", progress=False, log=lambda m: None, ceilings=FIXED, executor="pool",
-              pack=2, order="seed", tally=tally)
-    reference.result(timeout=600)
+    with ThreadPoolExecutor(1) as side:
+        reference = side.submit(run_suite, cfg, local, protocol="cpu", progress=False, log=lambda m: None,
+                                ceilings=FIXED)
+        run_suite(cfg, pool, protocol="cpu", progress=False, log=lambda m: None, ceilings=FIXED, executor="pool",
+                  pack=2, order="seed", tally=tally)
+        reference.result(timeout=600)
 
     def accuracies(folder):
         records = ResultsDir(folder).read_records()

@@ -19,9 +19,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -116,27 +116,21 @@ def cluster():
         pytest.skip("set NIN_BENCH_DATA (CI: ../shared/data)")
     tmp = Path(tempfile.mkdtemp(prefix="nbray", dir="/tmp"))  # short: Ray's socket paths live under it
     c = Cluster(tmp, str(Path(data).resolve()))
-    failed: list[BaseException] = []
 
     def start_nodes() -> None:
-        try:
-            c.start("head", ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}",
-                             f"--dashboard-port={_free_port()}", "--include-dashboard=false", f"--temp-dir={tmp}"],
-                    _env(NIN_BENCH_DATA=str(tmp / "no-data-here")))
-            c.start("worker", [f"--address={c.address}"], _env())
-        except BaseException as exc:  # noqa: BLE001  (raised again in the fixture's thread)
-            failed.append(exc)
+        c.start("head", ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}",
+                         f"--dashboard-port={_free_port()}", "--include-dashboard=false", f"--temp-dir={tmp}"],
+                _env(NIN_BENCH_DATA=str(tmp / "no-data-here")))
+        c.start("worker", [f"--address={c.address}"], _env())
 
-    starter = threading.Thread(target=start_nodes)
-    starter.start()
+    starter = ThreadPoolExecutor(1)
+    started = starter.submit(start_nodes)
     try:
         c.local_accuracies = _local_accuracies(tmp / "local")
-        starter.join()
-        if failed:
-            raise failed[0]
+        started.result()  # raises what the start raised
         yield c
     finally:
-        starter.join()
+        starter.shutdown(wait=True)
         c.kill("worker")
         c.kill("head")
         shutil.rmtree(tmp, ignore_errors=True)  # the cluster's logs and sockets
