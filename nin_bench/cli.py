@@ -107,19 +107,17 @@ def _sets(args: argparse.Namespace) -> list[str]:
     return sets
 
 
-def _resolved(args: argparse.Namespace):
-    """Load the YAML with --set/--stages/--device applied, then the protocol blocks; torch says whether CUDA is there.
+def _resolved(args: argparse.Namespace, cfg):
+    """Apply the protocol blocks to a suite loaded with `_sets(args)`; torch says whether CUDA is there.
 
     Returns:
         (config, protocol, device, cuda_fallback): the last is why `device: auto` fell back to the CPU on a CUDA
         build of torch (None when it did not).
     """
-    from nin_bench.suite.config import load_config, resolve_protocol
-
-    cfg = load_config(args.config, _sets(args))
     import torch
 
     from nin_bench.runtime.device import cuda_fallback_reason, use_deterministic_cublas
+    from nin_bench.suite.config import resolve_protocol
 
     if cfg.train.deterministic:  # before anything (the run's GEMM peak included) touches the GPU
         use_deterministic_cublas()
@@ -139,13 +137,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             probe(args.ray_address)
     elif args.ray_address:
         raise UserError("--ray-address needs --executor ray")
-    cfg, protocol, _, fallback = _resolved(args)  # a malformed suite is refused before the runner's imports
-    from nin_bench.run.runner import run_suite
+    from nin_bench.suite.config import load_config
 
-    out = args.out or ResultsDir.for_suite(cfg.name).root
-    run_suite(cfg, out, protocol=protocol, progress=not args.no_progress, executor=args.executor,
-              ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation,
-              reuse=not args.no_reuse, figures=not args.no_figures, retime=args.retime)
+    cfg = load_config(args.config, _sets(args))  # torch-free: a malformed suite is refused before anything
+    rd = ResultsDir(args.out or ResultsDir.for_suite(cfg.name).root)
+    made = rd.missing_top()
+    # the folder's lock before torch's import: a second run on a busy folder is refused in a second, not after
+    # the imports; `run_suite` takes it again (held once)
+    with rd.lock("run"):
+        with rd.unmade_on_error(made):  # refused here (say, no CUDA for device: cuda): no folder left behind
+            cfg, protocol, _, fallback = _resolved(args, cfg)
+            from nin_bench.run.runner import run_suite
+        run_suite(cfg, rd.root, protocol=protocol, progress=not args.no_progress, executor=args.executor,
+                  ray_address=args.ray_address, cuda_fallback=fallback, command=args.invocation,
+                  reuse=not args.no_reuse, figures=not args.no_figures, retime=args.retime)
     return 0
 
 

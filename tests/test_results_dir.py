@@ -153,6 +153,42 @@ def test_cli_on_a_folder_in_use_exits_2_with_one_line(tmp_path, command, capfd):
     assert len(lines) == 1 and str(out) in lines[0] and f"pid {proc.pid}" in lines[0]
 
 
+def test_the_lock_taken_again_by_its_holder_is_held_once(tmp_path):
+    rd = ResultsDir(tmp_path)
+    with rd.lock("run"):
+        with rd.lock("report"):  # `run` takes it before torch's import, `run_suite` again
+            pass
+        # the inner block's end released nothing: another process is still refused, naming the outer holder
+        code = subprocess.run([sys.executable, "-c", _HOLD, str(tmp_path)], capture_output=True, text=True)
+        assert code.returncode == 1 and "FolderBusy" in code.stderr and "in use by `run`" in code.stderr
+    with ResultsDir(tmp_path).lock("run"):  # and the outer block's end released it
+        pass
+
+
+def test_run_refused_after_taking_the_lock_leaves_no_folder(tmp_path, capfd, monkeypatch):
+    """`--device cuda` where torch sees none is refused after `run` took the folder's lock (it asks torch then):
+    the folders the command made go again; a folder that was there stays, with what it held."""
+    import torch
+
+    from nin_bench.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine too
+
+    (tmp_path / "suite.yaml").write_text("name: t\nmodel: {width: 0.125}\ngrid: {model.n_1x1: [0]}\n")
+    out = tmp_path / "new" / "out"
+    assert main(["run", str(tmp_path / "suite.yaml"), "--device", "cuda", "--out", str(out)]) == 2
+    assert "sees no CUDA device" in capfd.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    assert main(["run", str(tmp_path / "suite.yaml"), "--device", "cuda", "--out", str(tmp_path / "old")]) == 2
+    assert [p.name for p in (tmp_path / "old").rglob("*")] == [".cache", "lock"]
+    rd = ResultsDir(tmp_path / "kept")
+    with pytest.raises(RuntimeError), rd.lock("run"), rd.unmade_on_error(rd.missing_top()):
+        rd.records.write_text("")  # something written: the folder is kept
+        raise RuntimeError("refused")
+    assert rd.records.exists()
+
+
 def test_atomic_write_leaves_old_or_new_never_a_temp(tmp_path):
     path = tmp_path / "a" / "f.txt"
     write_atomic(path, "one")

@@ -355,6 +355,7 @@ class ResultsDir:
         """Hold the folder's exclusive lock for a block, then settle the record log (`recover`).
 
         A kernel lock (flock) on `.cache/lock`: it dies with its process, so a killed run leaves no stale lock.
+        Taken again by the process that holds it, it is held once (the outer block settled the record log).
 
         Args:
             command: what holds it (shown to a second process that is refused).
@@ -364,6 +365,10 @@ class ResultsDir:
             FolderBusy: another process holds the lock (names the folder and the holder).
         """
         self.cache.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.lock_file)
+        if _HELD.get(key) == os.getpid():  # this process holds it already (and has settled the record log)
+            yield self
+            return
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _flock_soon(fd, fcntl.LOCK_EX):
@@ -373,10 +378,35 @@ class ResultsDir:
                       "since_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
-            self.recover(log)
-            yield self
+            _HELD[key] = os.getpid()
+            try:
+                self.recover(log)
+                yield self
+            finally:
+                del _HELD[key]
         finally:
             os.close(fd)  # closing the descriptor releases the flock
+
+    def missing_top(self) -> Path | None:
+        """The outermost folder of this folder's path that does not exist yet (None when the folder exists): what
+        `lock` creates, and `unmade_on_error` removes again."""
+        top, path = None, self.root.absolute()
+        while not path.exists():
+            top, path = path, path.parent
+        return top
+
+    @contextlib.contextmanager
+    def unmade_on_error(self, top: Path | None) -> Iterator[None]:
+        """Remove `top` (`missing_top` before `lock`) when the block raises and the folder holds nothing but its
+        lock file: a command refused after it took the folder's lock, before it wrote anything, leaves no folder.
+        Call it inside `lock`, so that no other process can be starting in the folder meanwhile."""
+        try:
+            yield
+        except BaseException:
+            left = [p for p in top.rglob("*") if p.is_file()] if top is not None else None
+            if left == [self.lock_file.absolute()]:
+                shutil.rmtree(top, ignore_errors=True)
+            raise
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[bool]:
@@ -403,6 +433,11 @@ class ResultsDir:
         finally:
             os.close(fd)
 
+
+# The folders whose lock this process holds (real path of the lock file -> pid): `lock` taken again inside a
+# `lock` of the same folder holds it once. (`run` takes it before it imports torch, so that a second `run` on a
+# busy folder is refused in a second; `run_suite` takes it again.) The pid: a forked child holds none of them.
+_HELD: dict[str, int] = {}
 
 # How long `lock` waits for a folder's lock before it refuses: a reader (`ResultsDir.reading`) holds a shared
 # lock for milliseconds; a writer holds it for its whole run.
