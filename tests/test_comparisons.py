@@ -157,6 +157,8 @@ def test_per_image_mcnemar_from_stored_predictions(tmp_path: Path, no_figures: N
         right[b + c: b + c + 60] = True  # both right on 60 images, both wrong on the rest
         right[:b] = r["head"] == "gap"
         right[b:b + c] = r["head"] == "fc"
+        if r["head"] == "fc":  # scored on 50 more test images (a larger train.test_subset): not paired
+            right = np.concatenate([right, np.zeros(50, bool)])
         r["preds_file"] = write_preds(root, r["variant"], r["seed"], right)
     write_run(root, recs, {"grid": {"model.head": ["gap", "fc"], "model.dropout": [0.5, 0.0]},
                            "stages": ["train"], "report": {"baseline": {"model.head": "fc", "model.dropout": 0.0}}})

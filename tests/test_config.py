@@ -79,6 +79,7 @@ def test_shipped_suites_resolve_as_before_protocol_files(path):
     stands until it has" (the note, and nothing else, patched into their entries). `report.interactions` (default
     []) was added to every report section, head.yaml's with its one declared interaction (dropout's gain, GAP
     minus FC): how the records are compared, not what is measured (the runner's fingerprint leaves `report` out).
+    `train.test_subset` (default null: the whole test set; 1000 under --quick) was added to every train section.
     """
     snapshot = json.loads(SNAPSHOT.read_text())
     keys = [k for k in snapshot if k.split()[0] == path.stem]
@@ -404,13 +405,14 @@ def test_builtin_cpu_short_no_longer_replaces_a_suite_value(tmp_path):
 
 
 def test_quick_only_shrinks():
-    cfg = validate(_raw(data={"dataset": "imagefolder", "path": "imgs"}, train={"val_size": 30, "epochs": 2},
+    cfg = validate(_raw(data={"dataset": "imagefolder", "path": "imgs"},
+                        train={"val_size": 30, "epochs": 2, "test_subset": 100},
                         timing={"warmup": 1, "repeats": 3, "batch_sizes": [8, 32, 128],
                                 "layer_timing_batch_sizes": [32], "compile_batch_sizes": [32, 128]}))
     assert quick_shrink(cfg) == {"timing.warmup": 1, "timing.repeats": 3, "timing.rounds": 3,
                                  "timing.min_window_ms": 10.0, "train.epochs": 1,
                                  "train.subset": 2000, "train.val_size": 30, "train.train_eval_size": 1000,
-                                 "timing.batch_sizes": [8, 128],
+                                 "train.test_subset": 100, "timing.batch_sizes": [8, 128],
                                  "timing.layer_timing_batch_sizes": None, "timing.compile_batch_sizes": [128],
                                  "seeds": [0]}
     quick, protocol, _ = resolve_protocol(cfg, cuda=False, quick=True)

@@ -212,6 +212,10 @@ def test_protocol_line_names_model_settings_and_why(tmp_path: Path, no_figures: 
     # the schema's defaults: full width, no BatchNorm, and our kaiming init (the paper's author used Caffe's)
     assert "Why this protocol" not in plain and "; model init kaiming; training" in plain_line
     assert "**Device:** cpu (test cpu); CPU Test CPU; 2 threads." in plain
+    assert "test images" not in plain_line
+    cut = write_run(tmp_path / "cut", full_records(), {"train": {"epochs": 3, "test_subset": 1000}})
+    cut_line = build_report(cut).read_text().split("**Protocol:**")[1].split("\n")[0]
+    assert cut_line.endswith(", test accuracy on the first 1,000 test images only.")
 
 
 def test_paper_comparison_matches_head_and_dropout(tmp_path: Path, no_figures: None) -> None:

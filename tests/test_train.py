@@ -79,6 +79,15 @@ def test_train_eval_accuracy_on_every_epoch(tiny_run: TrainResult) -> None:
     assert row["train_eval_acc"] != row["train_acc"]  # eval mode at the epoch's end, not the running train mode
 
 
+def test_test_subset_scores_the_first_test_images(fashion) -> None:
+    whole = split_data(fashion, TrainSettings(**TINY), torch.device("cpu"), None)
+    cut = split_data(fashion, TrainSettings(**TINY, test_subset=300), torch.device("cpu"), None)
+    assert torch.equal(cut.test_x, fashion.test_x[:300]) and torch.equal(cut.test_y, fashion.test_y[:300])
+    assert whole.test_x.shape[0] == 1000 and torch.equal(cut.train_x, whole.train_x)
+    assert torch.equal(split_data(fashion, TrainSettings(**TINY, test_subset=5000), torch.device("cpu"),
+                                  None).test_y, fashion.test_y)  # more than there are: all of them
+
+
 def test_train_eval_sample_is_fixed_and_drawn_apart_from_the_run(fashion) -> None:
     split = split_data(fashion, TrainSettings(**{**TINY, "subset": 1000}), torch.device("cpu"), None)
     torch.manual_seed(1)

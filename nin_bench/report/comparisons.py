@@ -135,6 +135,7 @@ def per_image(a: str, b: str, files: dict[tuple[str, int], Path]) -> dict[str, A
     bs, cs, ns = [], [], []
     for s in seeds:
         ra, rb = _correct(files[(a, s)]), _correct(files[(b, s)])
+        ra, rb = ra[:len(rb)], rb[:len(ra)]  # `train.test_subset` cuts are prefixes: the images both scored
         bs.append(int((ra & ~rb).sum()))
         cs.append(int((~ra & rb).sum()))
         ns.append(len(ra))

@@ -126,6 +126,8 @@ def our_protocol(config: dict[str, Any], manifest: dict[str, Any], augment: str 
     subset = tr.get("subset") or (config.get("data") or {}).get("subset")
     if subset:
         parts.append(f"training subset {subset}")
+    if tr.get("test_subset"):
+        parts.append(f"test accuracy on the first {tr['test_subset']:,} test images only")
     src = ((manifest.get("data") or {}).get("cifar10")) or {}
     data = f"; data: {src.get('source', 'cifar10')}" + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256")
                                                         else "")

@@ -94,6 +94,8 @@ def protocol_line(run: Run) -> str:
              f"{lr} ({tr.get('schedule', '?')})", aug]
     if tr.get("subset"):
         train.append(f"training subset {tr['subset']}")
+    if tr.get("test_subset"):
+        train.append(f"test accuracy on the first {tr['test_subset']:,} test images only")
     parts = [f"**Protocol:** {run_protocol(run) or '?'}", f"stages {', '.join(map(str, stages))}",
              *([f"model {model}"] if model else []), ", ".join(train)]
     return "; ".join(parts) + "."

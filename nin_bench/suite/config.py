@@ -174,6 +174,9 @@ class TrainSettings(_Section):
     augment: Literal["auto", "none", "flip", "crop", "crop_flip"] = "auto"
     subset: int | None = Field(None, ge=10)  # training images used (after the validation hold-out)
     val_size: int = Field(5000, ge=0)
+    # test images scored: the first N of the test set (None: all of it); a smoke run's cut, as Lightning's
+    # limit_test_batches: the records' test_size and the report's protocol line say how many were scored
+    test_subset: int | None = Field(None, ge=10)
     eval_batch_size: int = Field(1000, ge=1)
     # eval-mode accuracy on this many training images, evaluated with the validation set (`train_eval_acc`): a
     # fixed sample (its own generator, the same images for every variant and seed), so train vs validation
@@ -372,6 +375,7 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "train.subset": 2000,
     "train.val_size": 1000,
     "train.train_eval_size": 1000,
+    "train.test_subset": 1000,
 }
 
 

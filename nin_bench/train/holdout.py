@@ -48,17 +48,18 @@ class Split:
 
 
 def split_data(dataset: Dataset, settings: Any, device: torch.device, input_size: int | None) -> Split:
-    """Hold out the validation images, take the training subset, move everything to the device.
+    """Hold out the validation images, take the training and test subsets, move everything to the device.
 
     Args:
         dataset: the decoded data set.
-        settings: TrainSettings (val_size, subset, channels_last).
+        settings: TrainSettings (val_size, subset, test_subset, channels_last).
         device: where training runs.
         input_size: network input side, or None for the data's own size.
 
     Returns:
         The run's data. Validation = the last `val_size` training images; training = the first `subset` of the rest
         (the same images for every variant and seed); normalisation statistics come from those training images.
+        Test = the first `test_subset` test images (all of them when None).
     """
     n = dataset.train_x.shape[0]
     if settings.val_size >= n:
@@ -68,9 +69,10 @@ def split_data(dataset: Dataset, settings: Any, device: torch.device, input_size
         keep = min(keep, settings.subset)
     train_x, train_y = dataset.train_x[:keep], dataset.train_y[:keep]
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in channel_stats(train_x))
+    test = slice(settings.test_subset)  # slice(None): all
     on = (lambda t: t.to(device))
     return Split(on(train_x), on(train_y), on(dataset.train_x[n - settings.val_size:]),
-                  on(dataset.train_y[n - settings.val_size:]), on(dataset.test_x), on(dataset.test_y),
+                  on(dataset.train_y[n - settings.val_size:]), on(dataset.test_x[test]), on(dataset.test_y[test]),
                   on(1.0 / (255.0 * std)), on(-mean / std), input_size, settings.channels_last)
 
 
