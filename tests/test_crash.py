@@ -53,8 +53,8 @@ threads: 1  # a fixed thread count: the CPU path is then bit-reproducible, run t
 model: {{width: 0.125, batchnorm: true, dropout: 0.0}}
 data: {{dataset: fashion_mnist}}
 grid: {{model.n_1x1: [0]}}
-train: {{epochs: {EPOCHS}, subset: 512, val_size: 256, batch_size: 64, eval_batch_size: 1000, lr: 0.1,
-         schedule: cosine, warmup_epochs: 0, augment: none}}
+train: {{epochs: {EPOCHS}, subset: 512, val_size: 256, test_subset: 1000, batch_size: 64, eval_batch_size: 1000,
+         lr: 0.1, schedule: cosine, warmup_epochs: 0, augment: none}}
 """
 # what an epoch row and a run's final row must reproduce (times are not numbers a resume can repeat)
 EPOCH_KEYS = ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_eval_loss", "train_eval_acc")

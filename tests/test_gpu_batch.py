@@ -34,8 +34,8 @@ RAW = {"name": "batch", "seeds": [0, 1], "stages": ["profile", "train"], "thread
        "grid": {"model.n_1x1": [0, 1]},
        "timing": {"batch_sizes": [2, 8], "reference_batch_size": 8, "warmup": 1, "repeats": 3, "min_window_ms": 0.0,
                   "layer_timing": False},
-       "train": {"epochs": 1, "subset": 600, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
-                 "warmup_epochs": 0.0, "augment": "none"}}
+       "train": {"epochs": 1, "subset": 600, "val_size": 200, "test_subset": 1000, "batch_size": 64, "lr": 0.1,
+                 "schedule": "cosine", "warmup_epochs": 0.0, "augment": "none"}}
 
 
 def _cfg(**over):

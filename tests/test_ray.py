@@ -48,8 +48,8 @@ needs_data = pytest.mark.skipif(not os.environ.get("NIN_BENCH_DATA"), reason="se
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
            "RAY_health_check_failure_threshold": "3", "RAY_USAGE_STATS_ENABLED": "0"}
 
-TRAIN = {"epochs": 2, "subset": 800, "val_size": 200, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
-         "warmup_epochs": 0.0, "augment": "none"}
+TRAIN = {"epochs": 2, "subset": 800, "val_size": 200, "test_subset": 1000, "batch_size": 64, "lr": 0.1,
+         "schedule": "cosine", "warmup_epochs": 0.0, "augment": "none"}
 RAW = {"name": "ray", "seeds": [0, 1], "stages": ["profile", "timing", "train"],
        "model": {"width": 0.125, "batchnorm": True, "dropout": 0.0}, "data": {"dataset": "fashion_mnist"},
        "grid": {"model.n_1x1": [1]},

@@ -224,8 +224,8 @@ def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
         data={"dataset": "fashion_mnist"}, model={"width": 0.125, "batchnorm": True, "dropout": 0.0},
         # 62 steps of the tiny BN NiN without 1x1 convs (half the cost of two): about 71 % test accuracy
         # (tests/test_gpu_ready.py's inductor pair trains the same model)
-        train={"epochs": 2, "subset": 2000, "val_size": 500, "batch_size": 64, "lr": 0.1, "schedule": "cosine",
-               "warmup_epochs": 0.0},
+        train={"epochs": 2, "subset": 2000, "val_size": 500, "test_subset": 1000, "batch_size": 64, "lr": 0.1,
+               "schedule": "cosine", "warmup_epochs": 0.0},
         timing={**LAYERED, "batch_sizes": [1, 64], "reference_batch_size": 64},
     )
     _run(cfg, protocol, tmp_path)
@@ -242,7 +242,7 @@ def test_train_end_to_end_on_real_fashion_mnist(tmp_path):
     preds = np.load(tmp_path / final[0]["preds_file"])  # the contract the per-image paired tests read
     assert final[0]["preds_file"] == f"preds/{final[0]['variant']}-seed0.npz"
     assert sorted(preds.files) == ["label", "pred"] and preds["pred"].dtype == preds["label"].dtype == np.uint8
-    assert preds["pred"].shape == (final[0]["test_size"],)
+    assert preds["pred"].shape == (final[0]["test_size"],) and final[0]["test_size"] == 1000  # train.test_subset
     assert (preds["pred"] == preds["label"]).mean() == pytest.approx(final[0]["test_acc"], abs=1e-12)
     epochs = [r for r in records if r["stage"] == "train_epoch"]
     assert all(0 < r["train_eval_acc"] <= 1 for r in epochs)
