@@ -6,11 +6,21 @@ tables.tex (booktabs) and figures/ (PNG 150 dpi + SVG).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from nin_bench.report.render import build_report
 from nin_bench.store.folder import ResultsDir
 
 __all__ = ["build_report", "rebuild"]
+
+
+def __getattr__(name: str) -> Any:
+    """`build_report` is loaded when first used: importing a light part of the report (`comparisons`, which a
+    run's `seeds: auto` reads) does not import matplotlib and seaborn."""
+    if name == "build_report":
+        from nin_bench.report.render import build_report
+
+        return build_report
+    raise AttributeError(f"module 'nin_bench.report' has no attribute {name!r}")
 
 
 def rebuild(results_dir: Path | ResultsDir, figures: bool = True) -> Path:
@@ -24,6 +34,7 @@ def rebuild(results_dir: Path | ResultsDir, figures: bool = True) -> Path:
     Returns:
         Path of report.md.
     """
+    from nin_bench.report.render import build_report
     from nin_bench.report.summary import (
         write_summary,  # summary imports nothing of the report: no cycle either way
     )

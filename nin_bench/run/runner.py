@@ -24,8 +24,6 @@ from tqdm.auto import tqdm
 from nin_bench.measure.ceilings import Ceilings, measure_ceilings
 from nin_bench.measure.conv_ceiling import ConvShape, conv_shapes
 from nin_bench.models.build import build_variant_model
-from nin_bench.run.auto_seeds import outcome as auto_outcome
-from nin_bench.run.auto_seeds import seed_level
 from nin_bench.run.budget import Budget, Tally, fits
 from nin_bench.run.manifest import build_manifest, device_name
 from nin_bench.run.reuse import reuse_units
@@ -309,6 +307,9 @@ def run_suite(cfg: SuiteConfig, out_dir: Path, *, protocol: str, progress: bool 
         records = rd.read_records()
         done = completed(records)
         auto = cfg.auto_seeds is not None and "train" in cfg.stages
+        if auto:  # it reads the report's comparisons (pandas, scipy): imported by the runs that add seeds only
+            from nin_bench.run.auto_seeds import outcome as auto_outcome
+            from nin_bench.run.auto_seeds import seed_level
         order = "seed" if auto else order  # seeds: auto adds seeds of every variant at once: seed-major
         seeds = list(range(seed_level(records, variants, cfg))) if auto else None
         units = plan(variants, cfg, done, order, seeds)
