@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -101,10 +102,6 @@ class Cluster:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-    def driver_env(self) -> dict[str, str]:
-        """The driver's shell: the data root set here only, RAY_ADDRESS for `--ray-address auto`."""
-        return _env(NIN_BENCH_DATA=self.data, RAY_ADDRESS=self.address)
 
 
 @pytest.fixture(scope="module")
@@ -273,23 +270,38 @@ def _node_training(group: int) -> bool:
 
 
 @needs_data
-def test_a_worker_node_killed_mid_training_is_retried_on_the_head_and_resumes(cluster, tmp_path):
-    """Runs last: the worker node does not come back."""
+def test_a_worker_node_killed_mid_training_is_retried_on_the_head_and_resumes(cluster, tmp_path, capfd,
+                                                                               monkeypatch):
+    """Runs last: the worker node does not come back. The driver is `run` in this process, joining by RAY_ADDRESS
+    (`--ray-address auto`) from a working directory without the code (it reaches the tasks through py_modules);
+    a thread watches the worker node and kills it mid-training."""
     suite, out = tmp_path / "suite.yaml", tmp_path / "out"
     suite.write_text(KILL_SUITE)
-    proc = subprocess.Popen(_cmd(suite, out, "--ray-address", "auto"), env=cluster.driver_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/")
-    killed, deadline, seen = False, time.time() + 240, set()
-    while not killed and proc.poll() is None and time.time() < deadline:
-        # both seeds (one per node) have an epoch on disk and the worker node is still training: kill the node
-        seen |= set(_node_processes(cluster.groups["worker"]).values())
-        if len(list((out / ".cache" / "checkpoints").glob("*"))) >= 2 and _node_training(cluster.groups["worker"]):
-            cluster.kill("worker")
-            killed = True
-        time.sleep(0.1)
-    output = proc.communicate(timeout=300)[0]
-    assert killed, output[-2000:] + str(seen)[-2000:]
-    assert proc.returncode == 0, output[-3000:]
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    monkeypatch.chdir("/")
+    seen: set[str] = set()
+    finished = threading.Event()
+
+    def kill_mid_training() -> bool:
+        deadline = time.time() + 240
+        while not finished.is_set() and time.time() < deadline:
+            # both seeds (one per node) have an epoch on disk and the worker node is still training: kill the node
+            seen.update(_node_processes(cluster.groups["worker"]).values())
+            if len(list((out / ".cache" / "checkpoints").glob("*"))) >= 2 and _node_training(cluster.groups["worker"]):
+                cluster.kill("worker")
+                return True
+            time.sleep(0.1)
+        return False
+
+    with ThreadPoolExecutor(1) as side:
+        killed = side.submit(kill_mid_training)
+        try:
+            code = main(_cmd(suite, out, "--ray-address", "auto")[3:])
+        finally:
+            finished.set()
+        output = "".join(capfd.readouterr())
+        assert killed.result(), output[-2000:] + str(seen)[-2000:]
+    assert code == 0 and not ray.is_initialized(), output[-3000:]
     records = ResultsDir(out).read_records()
     assert sorted(r["seed"] for r in records if r["stage"] == "train") == [0, 1]
     assert all(r["status"] == "ok" for r in records)
