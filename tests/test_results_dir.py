@@ -154,15 +154,21 @@ def test_cli_on_a_folder_in_use_exits_2_with_one_line(tmp_path, command, capfd):
 
 
 def test_the_lock_taken_again_by_its_holder_is_held_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def take() -> None:
+        with ResultsDir(tmp_path).lock("report"):
+            pass
+
     rd = ResultsDir(tmp_path)
-    with rd.lock("run"):
+    with rd.lock("run"), ThreadPoolExecutor(1) as other:
         with rd.lock("report"):  # `run` takes it before torch's import, `run_suite` again
             pass
-        # the inner block's end released nothing: another process is still refused, naming the outer holder
-        code = subprocess.run([sys.executable, "-c", _HOLD, str(tmp_path)], capture_output=True, text=True)
-        assert code.returncode == 1 and "FolderBusy" in code.stderr and "in use by `run`" in code.stderr
-    with ResultsDir(tmp_path).lock("run"):  # and the outer block's end released it
-        pass
+        # the inner block's end released nothing: another thread (as another process) is refused, naming the
+        # outer holder
+        with pytest.raises(FolderBusy, match=rf"in use by `run` \(pid {os.getpid()} "):
+            other.submit(take).result()
+    take()  # and the outer block's end released it
 
 
 def test_run_refused_after_taking_the_lock_leaves_no_folder(tmp_path, capfd, monkeypatch):

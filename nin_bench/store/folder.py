@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -355,7 +356,7 @@ class ResultsDir:
         """Hold the folder's exclusive lock for a block, then settle the record log (`recover`).
 
         A kernel lock (flock) on `.cache/lock`: it dies with its process, so a killed run leaves no stale lock.
-        Taken again by the process that holds it, it is held once (the outer block settled the record log).
+        Taken again by the thread that holds it, it is held once (the outer block settled the record log).
 
         Args:
             command: what holds it (shown to a second process that is refused).
@@ -366,7 +367,7 @@ class ResultsDir:
         """
         self.cache.mkdir(parents=True, exist_ok=True)
         key = os.path.realpath(self.lock_file)
-        if _HELD.get(key) == os.getpid():  # this process holds it already (and has settled the record log)
+        if _HELD.get(key) == _holder_id():  # this thread holds it already (and has settled the record log)
             yield self
             return
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -378,7 +379,7 @@ class ResultsDir:
                       "since_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
-            _HELD[key] = os.getpid()
+            _HELD[key] = _holder_id()
             try:
                 self.recover(log)
                 yield self
@@ -434,10 +435,15 @@ class ResultsDir:
             os.close(fd)
 
 
-# The folders whose lock this process holds (real path of the lock file -> pid): `lock` taken again inside a
-# `lock` of the same folder holds it once. (`run` takes it before it imports torch, so that a second `run` on a
-# busy folder is refused in a second; `run_suite` takes it again.) The pid: a forked child holds none of them.
-_HELD: dict[str, int] = {}
+# The folders whose lock this process holds (real path of the lock file -> the holding thread, `_holder_id`):
+# `lock` taken again by that thread inside its `lock` of the same folder holds it once. (`run` takes it before it
+# imports torch, so that a second `run` on a busy folder is refused in a second; `run_suite` takes it again.)
+# Another thread is refused as another process is; a forked child (another pid) holds none of them.
+_HELD: dict[str, tuple[int, int]] = {}
+
+
+def _holder_id() -> tuple[int, int]:
+    return os.getpid(), threading.get_ident()
 
 # How long `lock` waits for a folder's lock before it refuses: a reader (`ResultsDir.reading`) holds a shared
 # lock for milliseconds; a writer holds it for its whole run.
