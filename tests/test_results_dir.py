@@ -188,6 +188,11 @@ def test_run_refused_after_taking_the_lock_leaves_no_folder(tmp_path, capfd, mon
     (tmp_path / "old").mkdir()
     assert main(["run", str(tmp_path / "suite.yaml"), "--device", "cuda", "--out", str(tmp_path / "old")]) == 2
     assert [p.name for p in (tmp_path / "old").rglob("*")] == [".cache", "lock"]
+    (tmp_path / "a-file").write_text("")  # --out under a file: one line, before torch is asked anything
+    capfd.readouterr()
+    assert main(["run", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "a-file" / "out")]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "a-file/out cannot be a results folder (Not a directory" in lines[0], lines
     rd = ResultsDir(tmp_path / "kept")
     with pytest.raises(RuntimeError), rd.lock("run"), rd.unmade_on_error(rd.missing_top()):
         rd.records.write_text("")  # something written: the folder is kept

@@ -364,13 +364,19 @@ class ResultsDir:
 
         Raises:
             FolderBusy: another process holds the lock (names the folder and the holder).
+            UserError: the folder cannot be made or its lock file written.
         """
-        self.cache.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(self.lock_file)
-        if _HELD.get(key) == _holder_id():  # this thread holds it already (and has settled the record log)
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            key = os.path.realpath(self.lock_file)
+            held = _HELD.get(key) == _holder_id()  # this thread holds it already (and has settled the record log)
+            fd = None if held else os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a file in the way, no permission, a read-only file system
+            raise UserError(f"{self.root} cannot be a results folder ({exc.strerror}: {exc.filename}); give this "
+                            "command another --out folder") from None
+        if fd is None:
             yield self
             return
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _flock_soon(fd, fcntl.LOCK_EX):
                 raise FolderBusy(f"{self.root} is in use by {_holder(self.lock_file)}; wait for it to finish, "
