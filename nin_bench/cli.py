@@ -19,10 +19,14 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nin_bench.errors import UserError
 from nin_bench.store.folder import RESULTS_ROOT, ResultsDir
 from nin_bench.store.schema import STAGES
+
+if TYPE_CHECKING:  # the suite schema (pydantic) is imported only by the commands that load a suite
+    from nin_bench.suite.config import SuiteConfig
 
 EXIT_USAGE = 2
 
@@ -107,7 +111,7 @@ def _sets(args: argparse.Namespace) -> list[str]:
     return sets
 
 
-def _resolved(args: argparse.Namespace, cfg):
+def _resolved(args: argparse.Namespace, cfg: SuiteConfig):
     """Apply the protocol blocks to a suite loaded with `_sets(args)`; torch says whether CUDA is there.
 
     Returns:

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from nin_bench.report import fmt
-from nin_bench.report.protocol import augment_words, is_on
+from nin_bench.report.protocol import augment_words, cut_words, is_on
 
 PAPER_PROTOCOL = ("Paper: full CIFAR-10 training set (50k; hyper-parameters tuned on its last 10k images), global "
                   "contrast normalisation and ZCA whitening as in Maxout networks, SGD on mini-batches of 128 with the "
@@ -123,11 +123,7 @@ def our_protocol(config: dict[str, Any], manifest: dict[str, Any], augment: str 
     tr = config.get("train") or {}
     parts = [f"{tr.get('epochs', '?')} epochs", f"batch {tr.get('batch_size', '?')}",
              f"augmentation {augment_words(augment) if augment else '?'}"]
-    subset = tr.get("subset") or (config.get("data") or {}).get("subset")
-    if subset:
-        parts.append(f"training subset {subset}")
-    if tr.get("test_subset"):
-        parts.append(f"test accuracy on the first {tr['test_subset']:,} test images only")
+    parts += cut_words(config)
     src = ((manifest.get("data") or {}).get("cifar10")) or {}
     data = f"; data: {src.get('source', 'cifar10')}" + (f", sha256 {src['sha256'][:12]}…" if src.get("sha256")
                                                         else "")

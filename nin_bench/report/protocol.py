@@ -84,6 +84,22 @@ def model_settings(config: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def cut_words(config: dict[str, Any]) -> list[str]:
+    """The data cuts a run made, in words (none when it trained and scored on the whole sets).
+
+    Args:
+        config: resolved config (`train.subset`, `train.test_subset`; `data.subset` where the first version kept
+            the training cut).
+
+    Returns:
+        e.g. ["training subset 2000", "test accuracy on the first 1,000 test images only"].
+    """
+    tr = config.get("train") or {}
+    subset = tr.get("subset") or (config.get("data") or {}).get("subset")
+    return ([f"training subset {subset}"] if subset else []) + (
+        [f"test accuracy on the first {tr['test_subset']:,} test images only"] if tr.get("test_subset") else [])
+
+
 def protocol_note(config: dict[str, Any], protocol: str | None) -> str | None:
     """The "**Why this protocol:** ..." paragraph from config `protocol_notes`, or None without an entry.
 

@@ -91,11 +91,7 @@ def protocol_line(run: Run) -> str:
     epochs = tr.get("epochs", "?")
     lr = "lr per variant (the grid's `train.lr`)" if "train.lr" in (c.get("grid") or {}) else f"lr {tr.get('lr', '?')}"
     train = [f"training {epochs} epoch{'' if epochs == 1 else 's'}", f"batch {tr.get('batch_size', '?')}",
-             f"{lr} ({tr.get('schedule', '?')})", aug]
-    if tr.get("subset"):
-        train.append(f"training subset {tr['subset']}")
-    if tr.get("test_subset"):
-        train.append(f"test accuracy on the first {tr['test_subset']:,} test images only")
+             f"{lr} ({tr.get('schedule', '?')})", aug, *protocol.cut_words(c)]
     parts = [f"**Protocol:** {run_protocol(run) or '?'}", f"stages {', '.join(map(str, stages))}",
              *([f"model {model}"] if model else []), ", ".join(train)]
     return "; ".join(parts) + "."

@@ -451,6 +451,7 @@ _HELD: dict[str, tuple[int, int]] = {}
 def _holder_id() -> tuple[int, int]:
     return os.getpid(), threading.get_ident()
 
+
 # How long `lock` waits for a folder's lock before it refuses: a reader (`ResultsDir.reading`) holds a shared
 # lock for milliseconds; a writer holds it for its whole run.
 LOCK_WAIT_S = 1.0
